@@ -1,0 +1,84 @@
+"""A stand-in for `tuneforge train` that follows the trainer's contract in milliseconds.
+
+Writes metrics.jsonl (train / valid / checkpoint lines), summary.json and adapter files; on SIGTERM it
+finishes its step, saves and exits. Knobs (environment): FAKE_STEP_SECONDS, FAKE_RUN_LOG (append one line
+per run, to prove each job runs exactly once). A training file containing CRASH exits 3; USER_ERROR exits 2.
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--data", required=True)
+parser.add_argument("--output", required=True)
+parser.add_argument("--max-steps", type=int, default=6)
+parser.add_argument("--save-every", type=int, default=2)
+args, _unknown = parser.parse_known_args()
+
+out = Path(args.output)
+out.mkdir(parents=True, exist_ok=True)
+(out / "pid").write_text(str(os.getpid()))
+if os.environ.get("FAKE_RUN_LOG"):
+    with open(os.environ["FAKE_RUN_LOG"], "a") as log:
+        log.write(f"{out.name} {os.getpid()}\n")
+text = Path(args.data).read_text()
+if "USER_ERROR" in text:
+    print("train.jsonl: the model's context is too short for line 1", file=sys.stderr)
+    sys.exit(2)
+if "CRASH" in text:
+    print("Traceback: simulated crash", file=sys.stderr)
+    sys.exit(3)
+
+stop = False
+
+
+def on_term(_signum, _frame):
+    global stop
+    stop = True
+
+
+signal.signal(signal.SIGTERM, on_term)
+step_seconds = float(os.environ.get("FAKE_STEP_SECONDS", "0.05"))
+
+
+def emit(record):
+    with open(out / "metrics.jsonl", "a") as metrics:
+        metrics.write(json.dumps(record) + "\n")
+
+
+def save(step):
+    checkpoint = out / "checkpoints" / f"step-{step}"
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    (checkpoint / "adapter_config.json").write_text("{}")
+    emit({"type": "checkpoint", "step": step, "path": str(checkpoint)})
+
+
+for step in range(1, args.max_steps + 1):
+    time.sleep(step_seconds)
+    emit(
+        {
+            "type": "train",
+            "step": step,
+            "epoch": step / args.max_steps,
+            "loss": 2.0 / step,
+            "lr": 1e-3,
+            "tokens_per_second": 100.0,
+            "trained_tokens": 10 * step,
+        }
+    )
+    if step % 2 == 0:
+        emit({"type": "valid", "step": step, "valid_loss": 2.5 / step})
+    if step % args.save_every == 0 or stop:
+        save(step)
+    if stop:
+        sys.exit(0)
+
+(out / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+(out / "adapter_model.safetensors").write_bytes(b"")
+(out / "eval_report.md").write_text("# Evaluation\n\nexact match: 0.5\n")
+(out / "summary.json").write_text(json.dumps({"trained_tokens": 10 * args.max_steps, "final_train_loss": 0.3}))

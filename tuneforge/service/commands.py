@@ -1,0 +1,118 @@
+"""The `serve`, `worker` and `keys` subcommands; tuneforge/cli.py registers them with add_service_commands.
+
+tuneforge serve [--host 127.0.0.1] [--port 8000] [--data-dir DIR] [--workers N] [--database-url URL]
+tuneforge worker [--data-dir DIR] [--database-url URL] [--once]
+tuneforge keys create --org NAME [--data-dir DIR] [--database-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+
+
+def _settings(args):
+    from tuneforge.service.settings import Settings
+
+    return Settings.from_env(data_dir=args.data_dir, database_url=args.database_url)
+
+
+def _add_store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        help="where files, runs and the SQLite database live (default: $TUNEFORGE_HOME or ~/.cache/tuneforge)",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="postgresql://user@host:port/db to share jobs between machines (default: SQLite under the data dir)",
+    )
+
+
+def serve(args) -> int:
+    import uvicorn
+
+    from tuneforge.service.app import create_app
+
+    settings = _settings(args)
+    settings.ensure_dirs()
+    workers = []
+    env = dict(os.environ, **settings.to_env(), TUNEFORGE_PARENT_PID=str(os.getpid()))
+    for _ in range(args.workers):
+        workers.append(subprocess.Popen([sys.executable, "-m", "tuneforge.service.worker"], env=env))
+    try:
+        print(
+            f"tuneforge: serving on http://{args.host}:{args.port} (data in {settings.data_dir}, "
+            f"{args.workers} embedded workers)",
+            file=sys.stderr,
+            flush=True,
+        )
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        for process in workers:
+            process.send_signal(signal.SIGTERM)
+        for process in workers:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    return 0
+
+
+def worker(args) -> int:
+    from tuneforge.service.worker import run_worker
+
+    return run_worker(_settings(args), once=args.once)
+
+
+def keys(args) -> int:
+    from tuneforge.errors import UserError
+    from tuneforge.service.keys import create_key
+    from tuneforge.service.store import make_engine, make_sessionmaker
+
+    settings = _settings(args)
+    settings.ensure_dirs()
+    sessions = make_sessionmaker(make_engine(settings.url))
+    try:
+        with sessions() as session:
+            key = create_key(session, args.org)
+    except UserError as exc:
+        print(f"tuneforge keys: {exc}", file=sys.stderr)
+        return 2
+    print(f"Created an API key for org {args.org!r}. It is shown only once; store it now:")
+    print(key)
+    return 0
+
+
+def add_service_commands(subparsers) -> None:
+    parser = subparsers.add_parser("serve", help="run the OpenAI-compatible fine-tuning API and dashboard")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="embedded workers that run jobs (0: run `tuneforge worker` separately)"
+    )
+    parser.add_argument("--log-level", default="info")
+    _add_store_options(parser)
+    parser.set_defaults(func=serve)
+
+    parser = subparsers.add_parser("worker", help="run fine-tuning jobs from the service's queue")
+    parser.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    _add_store_options(parser)
+    parser.set_defaults(func=worker)
+
+    parser = subparsers.add_parser("keys", help="manage API keys for the service")
+    key_commands = parser.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create an API key for an org (printed on the last line)")
+    create.add_argument("--org", required=True, help="org name: lowercase letters, digits, '-' or '_'")
+    _add_store_options(create)
+    create.set_defaults(func=keys)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tuneforge.service ...`: the same commands without the rest of the CLI."""
+    parser = argparse.ArgumentParser(prog="tuneforge")
+    add_service_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,233 @@
+"""/v1/fine_tuning/jobs: create (idempotent), list, retrieve, cancel, pause, resume, events, checkpoints.
+
+A create that the openai SDK retries after a timeout must not make a second job. The SDK marks a retry
+with `x-stainless-retry-count` but does not send an Idempotency-Key for OpenAI (its client leaves
+`_idempotency_header` unset), so: an `Idempotency-Key` header, when given (e.g. via `extra_headers`), names
+the job; without one, a request marked as a retry returns the job an identical request made recently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from tuneforge.service.deps import OrgDep, SessionDep, SettingsDep, page
+from tuneforge.service.errors import APIError, not_found
+from tuneforge.service.schemas import JobCreate, checkpoint_public, event_public, fine_tuned_name, job_public
+from tuneforge.service.store import TERMINAL_STATUSES, Job, JobCheckpoint, JobEvent, StoredFile, add_event, new_id, now
+
+router = APIRouter(prefix="/v1/fine_tuning/jobs")
+RETRY_WINDOW_SECONDS = 600
+
+
+def get_job(session, org_id: str, job_id: str) -> Job:
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.org_id == org_id))
+    if job is None:
+        raise not_found("fine-tuning job", job_id, "fine_tuning_job_id")
+    return job
+
+
+def _check_file(session, org_id: str, file_id: str | None, param: str) -> None:
+    if file_id is None:
+        return
+    stored = session.scalar(
+        select(StoredFile).where(StoredFile.id == file_id, StoredFile.org_id == org_id, StoredFile.deleted.is_(False))
+    )
+    if stored is None:
+        raise APIError(400, f"invalid {param}: no such file {file_id!r}", code="invalid_file", param=param)
+    if stored.purpose != "fine-tune":
+        raise APIError(
+            400,
+            f"invalid {param}: file {file_id!r} has purpose {stored.purpose!r}, not 'fine-tune'",
+            code="invalid_file",
+            param=param,
+        )
+
+
+def _existing_for_retry(session, org_id: str, key: str | None, request_hash: str, retry_count: int) -> Job | None:
+    if key:
+        job = session.scalar(select(Job).where(Job.org_id == org_id, Job.idempotency_key == key))
+        if job is not None and job.request_hash != request_hash:
+            raise APIError(
+                409,
+                "This Idempotency-Key was already used with a different request body.",
+                code="idempotency_key_reused",
+                param="Idempotency-Key",
+            )
+        return job
+    if retry_count > 0:
+        return session.scalar(
+            select(Job)
+            .where(
+                Job.org_id == org_id, Job.request_hash == request_hash, Job.created_at >= now() - RETRY_WINDOW_SECONDS
+            )
+            .order_by(Job.seq.desc())
+            .limit(1)
+        )
+    return None
+
+
+@router.post("")
+def create_job(
+    body: JobCreate,
+    request: Request,
+    org: OrgDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=256)] = None,
+    retry_count: Annotated[int, Header(alias="x-stainless-retry-count")] = 0,
+) -> dict:
+    canonical = json.dumps(body.model_dump(exclude_none=True), sort_keys=True)
+    request_hash = hashlib.sha256(f"{org.id}\n{canonical}".encode()).hexdigest()
+    existing = _existing_for_retry(session, org.id, idempotency_key, request_hash, retry_count)
+    if existing is not None:
+        return job_public(existing)
+
+    if body.model not in settings.base_models:
+        raise APIError(
+            400,
+            f"Model {body.model!r} is not available for fine-tuning; choose one of: {', '.join(settings.base_models)}.",
+            code="model_not_available",
+            param="model",
+        )
+    _check_file(session, org.id, body.training_file, "training_file")
+    _check_file(session, org.id, body.validation_file, "validation_file")
+    if body.method and body.hyperparameters:
+        raise APIError(
+            400,
+            "Give hyperparameters either under method or at the top level, not both.",
+            code="invalid_request",
+            param="hyperparameters",
+        )
+    method, hyperparameters = body.method_and_hyperparameters()
+    job_id = new_id("ftjob")
+    job = Job(
+        id=job_id,
+        org_id=org.id,
+        model=body.model,
+        training_file=body.training_file,
+        validation_file=body.validation_file,
+        method=method,
+        hyperparameters=hyperparameters,
+        suffix=body.suffix,
+        seed=body.seed if body.seed is not None else random.randint(0, 2**31 - 1),
+        job_metadata=body.metadata,
+        status="validating_files",
+        ft_name=fine_tuned_name(body.model, org.name, body.suffix, job_id),
+        result_files=[],
+        created_at=now(),
+        idempotency_key=idempotency_key,
+        request_hash=request_hash,
+    )
+    session.add(job)
+    add_event(session, job_id, f"Created fine-tuning job: {job_id}")
+    try:
+        session.commit()
+    except IntegrityError:
+        # The same Idempotency-Key raced us to the insert: answer with the job it made.
+        session.rollback()
+        existing = _existing_for_retry(session, org.id, idempotency_key, request_hash, retry_count)
+        if existing is None:
+            raise
+        return job_public(existing)
+    return job_public(job)
+
+
+@router.get("")
+def list_jobs(
+    org: OrgDep,
+    session: SessionDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict:
+    query = select(Job).where(Job.org_id == org.id)
+    if after:
+        query = query.where(Job.seq < get_job(session, org.id, after).seq)
+    rows = session.scalars(query.order_by(Job.seq.desc()).limit(limit + 1)).all()
+    return page([job_public(row) for row in rows[:limit]], len(rows) > limit)
+
+
+@router.get("/{job_id}")
+def retrieve_job(job_id: str, org: OrgDep, session: SessionDep) -> dict:
+    return job_public(get_job(session, org.id, job_id))
+
+
+@router.post("/{job_id}/cancel")
+def cancel_job(job_id: str, org: OrgDep, session: SessionDep) -> dict:
+    job = get_job(session, org.id, job_id)
+    if job.status in TERMINAL_STATUSES:
+        raise APIError(409, f"Job {job_id} has already {job.status}; it cannot be cancelled.", code="job_not_active")
+    # The worker holding the job sees the new status at its next heartbeat and stops the trainer.
+    job.status = "cancelled"
+    job.finished_at = now()
+    add_event(session, job.id, "Fine-tuning job cancelled")
+    session.commit()
+    return job_public(job)
+
+
+@router.post("/{job_id}/pause")
+def pause_job(job_id: str, org: OrgDep, session: SessionDep) -> dict:
+    job = get_job(session, org.id, job_id)
+    if job.status not in ("queued", "running"):
+        raise APIError(
+            409, f"Only queued or running jobs can be paused; job {job_id} is {job.status}.", code="job_not_pausable"
+        )
+    job.status = "paused"
+    add_event(session, job.id, "Fine-tuning job paused")
+    session.commit()
+    return job_public(job)
+
+
+@router.post("/{job_id}/resume")
+def resume_job(job_id: str, org: OrgDep, session: SessionDep) -> dict:
+    job = get_job(session, org.id, job_id)
+    if job.status != "paused":
+        raise APIError(409, f"Only paused jobs can be resumed; job {job_id} is {job.status}.", code="job_not_paused")
+    job.status = "queued"
+    add_event(session, job.id, "Fine-tuning job resumed")
+    session.commit()
+    return job_public(job)
+
+
+@router.get("/{job_id}/events")
+def list_events(
+    job_id: str,
+    org: OrgDep,
+    session: SessionDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 20,
+) -> dict:
+    job = get_job(session, org.id, job_id)
+    query = select(JobEvent).where(JobEvent.job_id == job.id)
+    if after:
+        cursor = session.scalar(select(JobEvent).where(JobEvent.id == after, JobEvent.job_id == job.id))
+        if cursor is None:
+            raise not_found("event", after, "after")
+        query = query.where(JobEvent.seq < cursor.seq)
+    rows = session.scalars(query.order_by(JobEvent.seq.desc()).limit(limit + 1)).all()
+    return page([event_public(row) for row in rows[:limit]], len(rows) > limit)
+
+
+@router.get("/{job_id}/checkpoints")
+def list_checkpoints(
+    job_id: str,
+    org: OrgDep,
+    session: SessionDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+) -> dict:
+    job = get_job(session, org.id, job_id)
+    query = select(JobCheckpoint).where(JobCheckpoint.job_id == job.id)
+    if after:
+        cursor = session.scalar(select(JobCheckpoint).where(JobCheckpoint.id == after, JobCheckpoint.job_id == job.id))
+        if cursor is None:
+            raise not_found("checkpoint", after, "after")
+        query = query.where(JobCheckpoint.seq < cursor.seq)
+    rows = session.scalars(query.order_by(JobCheckpoint.seq.desc()).limit(limit + 1)).all()
+    return page([checkpoint_public(row, job) for row in rows[:limit]], len(rows) > limit)

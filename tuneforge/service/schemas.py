@@ -1,0 +1,176 @@
+"""Request schemas (strict: unknown fields are errors) and the public shapes of files, jobs, events,
+checkpoints and models, matching the openai SDK's types (openai/types/fine_tuning/)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tuneforge.service.store import Job, JobCheckpoint, JobEvent, StoredFile
+
+Auto = Literal["auto"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Hyperparameters(Strict):
+    n_epochs: Auto | Annotated[int, Field(ge=1, le=50)] = "auto"
+    batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = "auto"
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=100)] = "auto"
+
+
+class DpoHyperparameters(Hyperparameters):
+    beta: Auto | Annotated[float, Field(gt=0, le=10)] = "auto"
+
+
+class SupervisedMethod(Strict):
+    hyperparameters: Hyperparameters | None = None
+
+
+class DpoMethod(Strict):
+    hyperparameters: DpoHyperparameters | None = None
+
+
+class Method(Strict):
+    type: Literal["supervised", "dpo"]
+    supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
+
+
+class JobCreate(Strict):
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    training_file: Annotated[str, Field(min_length=1, max_length=64)]
+    validation_file: str | None = None
+    hyperparameters: Hyperparameters | None = None
+    method: Method | None = None
+    suffix: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = None
+    integrations: list[Any] | None = None
+
+    def method_and_hyperparameters(self) -> tuple[str, dict]:
+        """The method type and its hyperparameters, with "auto" for anything not given."""
+        method_type = self.method.type if self.method else "supervised"
+        chosen: BaseModel | None = None
+        if self.method and method_type == "supervised" and self.method.supervised:
+            chosen = self.method.supervised.hyperparameters
+        if self.method and method_type == "dpo" and self.method.dpo:
+            chosen = self.method.dpo.hyperparameters
+        if chosen is None:
+            chosen = self.hyperparameters
+        defaults = DpoHyperparameters() if method_type == "dpo" else Hyperparameters()
+        values = defaults.model_dump()
+        if chosen is not None:
+            values.update({k: v for k, v in chosen.model_dump().items() if k in values})
+        return method_type, values
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(str(part.get("text", "")) for part in self.content if part.get("type") == "text")
+        return self.content or ""
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatCompletionCreate(BaseModel):
+    # The SDK sends many optional fields; the ones we don't implement are accepted and ignored.
+    model_config = ConfigDict(extra="allow")
+    model: Annotated[str, Field(min_length=1)]
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1, le=4096)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=4096)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Field(ge=1, le=1)] | None = None
+
+
+def file_public(stored: StoredFile) -> dict:
+    return {
+        "id": stored.id,
+        "object": "file",
+        "bytes": stored.bytes,
+        "created_at": stored.created_at,
+        "filename": stored.filename,
+        "purpose": stored.purpose,
+        "status": "processed",
+        "status_details": None,
+        "expires_at": None,
+    }
+
+
+def job_public(job: Job) -> dict:
+    hyper = dict(job.hyperparameters or {})
+    common = {k: hyper[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier") if k in hyper}
+    method_key = "dpo" if job.method == "dpo" else "supervised"
+    return {
+        "id": job.id,
+        "object": "fine_tuning.job",
+        "created_at": job.created_at,
+        "finished_at": job.finished_at,
+        "model": job.model,
+        "organization_id": job.org_id,
+        "status": job.status,
+        "error": job.error,
+        "fine_tuned_model": job.fine_tuned_model,
+        "trained_tokens": job.trained_tokens,
+        "training_file": job.training_file,
+        "validation_file": job.validation_file,
+        "hyperparameters": common,
+        "method": {"type": method_key, method_key: {"hyperparameters": hyper}},
+        "result_files": list(job.result_files or []),
+        "seed": job.seed,
+        "metadata": job.job_metadata,
+        "user_provided_suffix": job.suffix,
+        "estimated_finish": None,
+        "integrations": [],
+        # Not in OpenAI's shape: where the evaluation report is, when the run wrote one.
+        "report_file": job.report_file,
+    }
+
+
+def event_public(event: JobEvent) -> dict:
+    return {
+        "id": event.id,
+        "object": "fine_tuning.job.event",
+        "created_at": event.created_at,
+        "level": event.level,
+        "message": event.message,
+        "type": event.type,
+        "data": event.data or {},
+    }
+
+
+def checkpoint_public(checkpoint: JobCheckpoint, job: Job) -> dict:
+    return {
+        "id": checkpoint.id,
+        "object": "fine_tuning.job.checkpoint",
+        "created_at": checkpoint.created_at,
+        "fine_tuning_job_id": job.id,
+        "fine_tuned_model_checkpoint": f"{job.ft_name}:ckpt-step-{checkpoint.step_number}",
+        "step_number": checkpoint.step_number,
+        "metrics": checkpoint.metrics or {},
+    }
+
+
+def fine_tuned_name(base_model: str, org_name: str, suffix: str | None, job_id: str) -> str:
+    """OpenAI's naming: ft:{base}:{org}:{suffix}:{id}."""
+    return f"ft:{base_model}:{org_name}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
+
+
+def model_public(model_id: str, owned_by: str, created: int = 0) -> dict:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}

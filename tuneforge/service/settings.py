@@ -1,0 +1,124 @@
+"""Service settings: where data lives, which database, which commands train and validate.
+
+Every field can come from the command line (`tuneforge serve --data-dir ...`) or the environment
+(TUNEFORGE_HOME, TUNEFORGE_DATABASE_URL, ...). Tests swap the training command for a tiny script
+through TUNEFORGE_TRAIN_COMMAND so API logic can be exercised in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_BASE_MODELS = ("smollm2-135m-instruct",)
+
+
+def _command_from_env(name: str, default: list[str]) -> list[str]:
+    """A command is a JSON list (exact) or a shell-quoted string in the environment."""
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    raw = raw.strip()
+    if raw.startswith("["):
+        return [str(part) for part in json.loads(raw)]
+    return shlex.split(raw)
+
+
+def _int_env(name: str, default: int | None) -> int | None:
+    raw = os.environ.get(name)
+    return int(raw) if raw else default
+
+
+def _float_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw else default
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("TUNEFORGE_HOME") or Path.home() / ".cache" / "tuneforge")
+
+
+@dataclass
+class Settings:
+    data_dir: Path = field(default_factory=default_home)
+    database_url: str | None = None
+    max_upload_bytes: int = 512 * 1024 * 1024
+    # Commands are argument-list prefixes; the worker appends the per-job arguments.
+    train_command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "tuneforge", "train"])
+    validate_command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "tuneforge", "validate"])
+    inference_command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "tuneforge.service.inference"])
+    base_models: tuple[str, ...] = DEFAULT_BASE_MODELS
+    # A lease is how long a worker may go silent before another worker takes its job over.
+    lease_seconds: float = 30.0
+    poll_seconds: float = 1.0
+    max_steps: int | None = None
+    save_every: int | None = None
+    adapter_cache_size: int = 3
+
+    @classmethod
+    def from_env(cls, **overrides) -> Settings:
+        settings = cls(
+            database_url=os.environ.get("TUNEFORGE_DATABASE_URL") or None,
+            max_upload_bytes=_int_env("TUNEFORGE_MAX_UPLOAD_BYTES", 512 * 1024 * 1024),
+            train_command=_command_from_env("TUNEFORGE_TRAIN_COMMAND", cls().train_command),
+            validate_command=_command_from_env("TUNEFORGE_VALIDATE_COMMAND", cls().validate_command),
+            inference_command=_command_from_env("TUNEFORGE_INFERENCE_COMMAND", cls().inference_command),
+            lease_seconds=_float_env("TUNEFORGE_LEASE_SECONDS", 30.0),
+            poll_seconds=_float_env("TUNEFORGE_POLL_SECONDS", 1.0),
+            max_steps=_int_env("TUNEFORGE_MAX_STEPS", None),
+            save_every=_int_env("TUNEFORGE_SAVE_EVERY", None),
+        )
+        if os.environ.get("TUNEFORGE_BASE_MODELS"):
+            settings.base_models = tuple(m.strip() for m in os.environ["TUNEFORGE_BASE_MODELS"].split(",") if m.strip())
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(settings, key, value)
+        settings.data_dir = Path(settings.data_dir).expanduser().resolve()
+        return settings
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def url(self) -> str:
+        """The SQLAlchemy URL: SQLite under the data dir unless a database URL was given."""
+        if not self.database_url:
+            return f"sqlite:///{self.data_dir / 'tuneforge.db'}"
+        url = self.database_url
+        for prefix in ("postgresql://", "postgres://"):
+            if url.startswith(prefix):
+                return "postgresql+psycopg://" + url[len(prefix) :]
+        return url
+
+    def ensure_dirs(self) -> None:
+        for directory in (self.data_dir, self.files_dir, self.runs_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes a child process (an embedded worker) see these same settings."""
+        env = {
+            "TUNEFORGE_HOME": str(self.data_dir),
+            "TUNEFORGE_TRAIN_COMMAND": json.dumps(self.train_command),
+            "TUNEFORGE_VALIDATE_COMMAND": json.dumps(self.validate_command),
+            "TUNEFORGE_INFERENCE_COMMAND": json.dumps(self.inference_command),
+            "TUNEFORGE_LEASE_SECONDS": str(self.lease_seconds),
+            "TUNEFORGE_POLL_SECONDS": str(self.poll_seconds),
+            "TUNEFORGE_MAX_UPLOAD_BYTES": str(self.max_upload_bytes),
+            "TUNEFORGE_BASE_MODELS": ",".join(self.base_models),
+        }
+        if self.database_url:
+            env["TUNEFORGE_DATABASE_URL"] = self.database_url
+        if self.max_steps is not None:
+            env["TUNEFORGE_MAX_STEPS"] = str(self.max_steps)
+        if self.save_every is not None:
+            env["TUNEFORGE_SAVE_EVERY"] = str(self.save_every)
+        return env

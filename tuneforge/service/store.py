@@ -1,0 +1,205 @@
+"""Storage for the service: SQLAlchemy tables and the few queries that need care (claiming jobs, leases).
+
+SQLite under the data dir for one box; PostgreSQL for many workers on many machines. A worker claims a
+job with SELECT ... FOR UPDATE SKIP LOCKED (PostgreSQL) followed by a conditional UPDATE, so on either
+database exactly one worker wins a job. A claimed job carries a lease that the worker's heartbeat
+extends; a job whose lease ran out (its worker died) is claimed again by the next worker.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
+CLAIMABLE_STATUSES = ("validating_files", "queued")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Org(Base):
+    __tablename__ = "orgs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), index=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class StoredFile(Base):
+    __tablename__ = "files"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), index=True)
+    filename: Mapped[str] = mapped_column(String(512))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("org_id", "idempotency_key"),)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), index=True)
+    model: Mapped[str] = mapped_column(String(256))
+    training_file: Mapped[str] = mapped_column(String(64))
+    validation_file: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    method: Mapped[str] = mapped_column(String(16), default="supervised")
+    hyperparameters: Mapped[dict] = mapped_column(JSON, default=dict)
+    suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    job_metadata: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    status: Mapped[str] = mapped_column(String(32), index=True, default="validating_files")
+    error: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    # The name the model will have (ft:{base}:{org}:{suffix}:{id}); published as fine_tuned_model on success.
+    ft_name: Mapped[str] = mapped_column(String(512))
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(512), nullable=True, index=True)
+    model_deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    result_files: Mapped[list] = mapped_column(JSON, default=list)
+    report_file: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # What the user asked for while a worker holds the job: "cancel" or "pause".
+    requested: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    idempotency_key: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    job_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    level: Mapped[str] = mapped_column(String(8), default="info")
+    message: Mapped[str] = mapped_column(Text)
+    type: Mapped[str] = mapped_column(String(16), default="message")
+    data: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+
+
+class JobCheckpoint(Base):
+    __tablename__ = "job_checkpoints"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    job_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    step_number: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the API read while a worker writes; busy_timeout waits out the other process's lock.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    Base.metadata.create_all(engine)
+    return engine
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def add_event(
+    session: Session, job_id: str, message: str, *, level: str = "info", type: str = "message", data: dict | None = None
+) -> JobEvent:
+    event_row = JobEvent(
+        id=new_id("ftevent"), job_id=job_id, message=message, level=level, type=type, data=data, created_at=now()
+    )
+    session.add(event_row)
+    return event_row
+
+
+def claim_job(session: Session, worker_id: str, lease_seconds: float) -> Job | None:
+    """Take the oldest job no live worker holds; None when there is none. Commits."""
+    current = time.time()
+    claimable = or_(
+        (Job.status.in_(CLAIMABLE_STATUSES)) & (or_(Job.lease_owner.is_(None), Job.lease_expires_at < current)),
+        # A running job whose lease ran out lost its worker: run it again.
+        (Job.status == "running") & (Job.lease_expires_at < current),
+    )
+    candidates = session.scalars(
+        select(Job.id).where(claimable).order_by(Job.seq).limit(4).with_for_update(skip_locked=True)
+    ).all()
+    for job_id in candidates:
+        # The conditional UPDATE is the real arbiter: on SQLite FOR UPDATE is a no-op, and the row may have
+        # changed hands between our SELECT and now.
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, claimable)
+            .values(lease_owner=worker_id, lease_expires_at=current + lease_seconds, attempts=Job.attempts + 1)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            session.commit()
+            return session.get(Job, session.scalar(select(Job.seq).where(Job.id == job_id)), populate_existing=True)
+    session.commit()
+    return None
+
+
+def renew_lease(session: Session, job_id: str, worker_id: str, lease_seconds: float) -> Job | None:
+    """Extend our lease; None when the job is no longer ours (another worker took it over). Commits."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.lease_owner == worker_id)
+        .values(lease_expires_at=time.time() + lease_seconds)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if result.rowcount != 1:
+        return None
+    return session.scalars(select(Job).where(Job.id == job_id).execution_options(populate_existing=True)).one()
