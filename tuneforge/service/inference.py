@@ -59,7 +59,7 @@ def serve(load: Callable, generate: Callable, stdin=None, stdout=None, capacity:
             on_token = None
             if request.get("stream"):
 
-                def on_token(_index: int, piece: str) -> None:
+                def on_token(_index: int, piece: str, request_id=request_id) -> None:
                     if piece:
                         emit({"id": request_id, "token": piece})
 
