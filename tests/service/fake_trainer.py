@@ -2,7 +2,8 @@
 
 Writes metrics.jsonl (train / valid / checkpoint lines), summary.json and adapter files; on SIGTERM it
 finishes its step, saves and exits. Knobs (environment): FAKE_STEP_SECONDS, FAKE_RUN_LOG (append one line
-per run, to prove each job runs exactly once). A training file containing CRASH exits 3; USER_ERROR exits 2.
+per run, to prove each job runs exactly once). A training file containing CRASH exits 3; USER_ERROR exits 2;
+SLOW runs until stopped.
 """
 
 import argparse
@@ -44,6 +45,8 @@ def on_term(_signum, _frame):
 
 signal.signal(signal.SIGTERM, on_term)
 step_seconds = float(os.environ.get("FAKE_STEP_SECONDS", "0.05"))
+if "SLOW" in text:  # a job that runs until it is cancelled or paused
+    step_seconds, args.max_steps = 0.5, 10_000
 
 
 def emit(record):

@@ -38,6 +38,9 @@ def serve(args) -> int:
 
     settings = _settings(args)
     settings.ensure_dirs()
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; turning that into SystemExit lets the
+    # `finally` below stop the embedded workers, which hand their running jobs back to the queue.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     workers = []
     env = dict(os.environ, **settings.to_env(), TUNEFORGE_PARENT_PID=str(os.getpid()))
     for _ in range(args.workers):
