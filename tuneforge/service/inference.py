@@ -80,8 +80,10 @@ def serve(load: Callable, generate: Callable, stdin=None, stdout=None, capacity:
 
 
 def main() -> int:
-    # stdout carries the protocol; anything a library prints goes to stderr instead.
-    protocol_out = sys.stdout
+    # stdout carries the protocol; anything a library prints (from Python or C) goes to stderr instead.
+    protocol_out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     sys.stdout = sys.stderr
     from tuneforge.evaluate.generation import generate_chat
     from tuneforge.models import load_model

@@ -236,9 +236,8 @@ class Worker:
             done = subprocess.run(command, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return {}, f"The data validator could not run: {exc}"
-        try:
-            report = json.loads(done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "")
-        except (json.JSONDecodeError, IndexError):
+        report = _parse_json_report(done.stdout)
+        if report is None or done.returncode not in (0, 1):
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             return {}, f"The data validator failed (exit {done.returncode}): {last}"
         return report, None
@@ -466,6 +465,19 @@ class Worker:
             "step_metrics.csv",
             "fine-tune-results",
         )
+
+
+def _parse_json_report(stdout: str) -> dict | None:
+    """The validator prints one JSON object; accept it pretty-printed or after other lines."""
+    text = stdout.strip()
+    for candidate in (text, text.splitlines()[-1] if text else "", text[text.find("{") :] if "{" in text else ""):
+        try:
+            report = json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(report, dict):
+            return report
+    return None
 
 
 def _fmt(value) -> str:

@@ -1,0 +1,87 @@
+"""Small pieces without a server: the adapter LRU, the inference protocol, the CLI hook, settings."""
+
+import argparse
+import io
+import json
+
+import pytest
+
+from tuneforge.service.commands import add_service_commands
+from tuneforge.service.inference import ModelCache, serve
+from tuneforge.service.settings import Settings
+from tuneforge.service.worker import MetricsTail, resolve_hyperparameters, validation_error
+
+pytestmark = pytest.mark.service
+
+
+def test_model_cache_keeps_the_most_recently_used():
+    loads = []
+    cache = ModelCache(lambda model, adapter: loads.append((model, adapter)) or (model, adapter), capacity=2)
+    for adapter in ("a", "b", "a", "c", "a", "b"):
+        cache.get("base", adapter)
+    # a stays hot; b is evicted by c, then loaded again
+    assert loads == [("base", "a"), ("base", "b"), ("base", "c"), ("base", "b")]
+
+
+def test_inference_protocol_streams_tokens_then_a_result_and_survives_errors():
+    def generate(model, tokenizer, conversations, on_token=None, **kwargs):
+        if conversations[0][-1]["content"] == "boom":
+            raise RuntimeError("bad input")
+        for piece in ("a", "b"):
+            on_token and on_token(0, piece)
+        return [{"text": "ab", "prompt_tokens": 1, "completion_tokens": 2, "finish_reason": "stop"}]
+
+    requests = [
+        {"id": 1, "model": "m", "messages": [{"role": "user", "content": "boom"}]},
+        {"id": 2, "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+    ]
+    out = io.StringIO()
+    serve(
+        lambda m, a: (m, None), generate, stdin=io.StringIO("".join(json.dumps(r) + "\n" for r in requests)), stdout=out
+    )
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert lines[0] == {"id": 1, "error": "RuntimeError: bad input"}
+    assert [line.get("token") for line in lines[1:3]] == ["a", "b"]
+    assert lines[3]["result"]["text"] == "ab"
+
+
+def test_cli_hook_registers_serve_worker_keys(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="tuneforge")
+    add_service_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["serve"])
+    assert (args.host, args.port, args.workers) == ("127.0.0.1", 8000, 1) and callable(args.func)
+    assert callable(parser.parse_args(["worker", "--once"]).func)
+    args = parser.parse_args(["keys", "create", "--org", "Bad Name!", "--data-dir", str(tmp_path)])
+    assert args.func(args) == 2 and "org name" in capsys.readouterr().err
+    args = parser.parse_args(["keys", "create", "--org", "acme", "--data-dir", str(tmp_path)])
+    assert args.func(args) == 0 and capsys.readouterr().out.strip().splitlines()[-1].startswith("tf-")
+
+
+def test_settings_default_to_sqlite_under_the_home_and_accept_postgres_urls(monkeypatch, tmp_path):
+    monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path))
+    monkeypatch.delenv("TUNEFORGE_DATABASE_URL", raising=False)
+    settings = Settings.from_env()
+    assert settings.url == f"sqlite:///{tmp_path / 'tuneforge.db'}"
+    settings = Settings.from_env(database_url="postgresql://u@127.0.0.1:5/db")
+    assert settings.url == "postgresql+psycopg://u@127.0.0.1:5/db"
+
+
+def test_metrics_tail_reads_only_complete_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    tail = MetricsTail(path)
+    assert tail.read() == []
+    path.write_text('{"type": "train", "step": 1}\n{"type": "tr')
+    assert tail.read() == [{"type": "train", "step": 1}]
+    with open(path, "a") as handle:
+        handle.write('ain", "step": 2}\n')
+    assert tail.read() == [{"type": "train", "step": 2}]
+
+
+def test_auto_hyperparameters_resolve_and_errors_name_the_line():
+    assert resolve_hyperparameters(
+        {"n_epochs": "auto", "batch_size": 4, "learning_rate_multiplier": "auto", "beta": "auto"}, 100
+    ) == {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 1.0, "beta": 0.1}
+    error = validation_error(
+        {"errors": [{"line": 7, "code": "empty_content", "message": "assistant turn is empty"}]}, "training_file"
+    )
+    assert error["param"] == "training_file" and "line 7: assistant turn is empty" in error["message"]
