@@ -361,6 +361,20 @@ def test_idempotency_key_makes_one_job(http, tmp_path):
     assert retried["id"] == plain["id"]
 
 
+def test_a_retried_upload_keeps_one_file(http, tmp_path):
+    path = write_jsonl(tmp_path / "retry.jsonl", chat_rows(3))
+    first = upload(http, path).json()
+    with open(path, "rb") as handle:
+        again = http.post(
+            "/v1/files",
+            files={"file": (path.name, handle)},
+            data={"purpose": "fine-tune"},
+            headers={"x-stainless-retry-count": "1"},
+        ).json()
+    assert again["id"] == first["id"]
+    assert upload(http, path).json()["id"] != first["id"]  # a fresh upload (not a retry) is a new file
+
+
 class StallingProxy:
     """Loopback TCP proxy that holds back the response to the first job create, so the SDK times out and retries."""
 

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Header, Query, UploadFile
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
@@ -22,6 +22,7 @@ from tuneforge.service.store import StoredFile, new_id, now
 
 router = APIRouter(prefix="/v1/files")
 CHUNK = 1024 * 1024
+RETRY_WINDOW_SECONDS = 600
 
 
 def file_path(settings: Settings, file_id: str) -> Path:
@@ -83,6 +84,7 @@ def upload_file(
     settings: SettingsDep,
     file: Annotated[UploadFile, File()],
     purpose: Annotated[str, Form()],
+    retry_count: Annotated[int, Header(alias="x-stainless-retry-count")] = 0,
 ) -> dict:
     if purpose != "fine-tune":
         raise APIError(
@@ -100,6 +102,26 @@ def upload_file(
             param="file",
         )
     stored = save_file(session, settings, org.id, file.file, filename[:512], purpose)
+    if retry_count > 0:
+        # The SDK retrying an upload whose answer it missed: keep the copy the first attempt stored.
+        earlier = session.scalar(
+            select(StoredFile)
+            .where(
+                StoredFile.org_id == org.id,
+                StoredFile.sha256 == stored.sha256,
+                StoredFile.filename == filename[:512],
+                StoredFile.deleted.is_(False),
+                StoredFile.seq < stored.seq,
+                StoredFile.created_at >= now() - RETRY_WINDOW_SECONDS,
+            )
+            .order_by(StoredFile.seq.desc())
+            .limit(1)
+        )
+        if earlier is not None:
+            session.delete(stored)
+            session.commit()
+            file_path(settings, stored.id).unlink(missing_ok=True)
+            return file_public(earlier)
     return file_public(stored)
 
 
