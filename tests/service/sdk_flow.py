@@ -57,6 +57,7 @@ def main():
     parser.add_argument("workdir", type=Path)
     parser.add_argument("--real", action="store_true", help="real trainer and model: fewer, slower jobs")
     parser.add_argument("--skip-cancel", action="store_true")
+    parser.add_argument("--timeout", type=float, default=240, help="seconds to wait for each job")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     client = openai.OpenAI(base_url=args.base_url, api_key=args.api_key, max_retries=2, timeout=120)
@@ -78,7 +79,7 @@ def main():
         },
     )
     check(job.status == "validating_files", f"new job status {job.status}")
-    job = wait(client, job.id)
+    job = wait(client, job.id, timeout=args.timeout)
     check(job.status == "succeeded", f"job ended {job.status}: {job.error}")
     check(
         job.fine_tuned_model.startswith(f"ft:{BASE}:") and job.fine_tuned_model.endswith(job.id[6:14]),
@@ -119,7 +120,7 @@ def main():
     # a bad file fails with a line-numbered error
     bad_rows = [*rows(2), "{oops not json", *rows(1)]
     bad = client.files.create(file=write(args.workdir / "bad.jsonl", bad_rows).open("rb"), purpose="fine-tune")
-    failed = wait(client, client.fine_tuning.jobs.create(model=BASE, training_file=bad.id).id)
+    failed = wait(client, client.fine_tuning.jobs.create(model=BASE, training_file=bad.id).id, timeout=args.timeout)
     check(
         failed.status == "failed" and failed.error and "line 3" in failed.error.message.lower(),
         f"bad file: {failed.status} {failed.error}",

@@ -270,7 +270,7 @@ class Worker:
             command += ["--batch-size", str(hyper["batch_size"])]
         if isinstance(hyper.get("learning_rate_multiplier"), int | float):
             command += ["--lr", repr(BASE_LEARNING_RATE * float(hyper["learning_rate_multiplier"]))]
-        if job.method == "dpo" and isinstance(hyper.get("beta"), int | float) and hyper["beta"] != 0.1:
+        if job.method == "dpo" and isinstance(hyper.get("beta"), int | float):
             command += ["--beta", repr(float(hyper["beta"]))]
         if self.settings.max_steps:
             command += ["--max-steps", str(self.settings.max_steps)]
