@@ -1,0 +1,9 @@
+"""tuneforge: fine-tune language models on your own data.
+
+    tuneforge train --data train.jsonl --output runs/demo
+"""
+
+from tuneforge.errors import UserError
+
+__version__ = "0.1.0"
+__all__ = ["UserError", "__version__"]

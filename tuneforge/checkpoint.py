@@ -1,0 +1,159 @@
+"""What a run writes, written so that a crash never leaves a half-file behind.
+
+Final outputs: a PEFT adapter (`adapter_config.json` + `adapter_model.safetensors`) or a full model in
+safetensors, the tokenizer with its chat template, `train_config.json`, `metrics.jsonl`, `summary.json`.
+
+Checkpoints (`checkpoints/step-N/`): trainable weights, optimizer state, RNG states and the position in
+the data, all in safetensors + JSON (nothing is ever unpickled). Each is written into a staging folder,
+fsynced, its `manifest.json` written last, then renamed into place: a folder without a manifest is
+incomplete and ignored by resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+MANIFEST = "manifest.json"
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.tmp")
+    with staging.open("w") as handle:
+        json.dump(payload, handle, indent=2)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(staging, path)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for file in folder.rglob("*"):
+        if file.is_file():
+            with file.open("rb") as handle:
+                os.fsync(handle.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_peft_model(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def save_weights(model, tokenizer, folder: Path) -> None:
+    """The usable result: a PEFT adapter, or a full model, plus the tokenizer and chat template."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {name: p.detach().contiguous().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _optimizer_to_flat(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    state = optimizer.state_dict()
+    tensors, meta = {}, {"param_groups": state["param_groups"], "scalars": {}}
+    for param_id, slots in state["state"].items():
+        for slot, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"{param_id}.{slot}"] = value.detach().contiguous()
+            else:
+                meta["scalars"][f"{param_id}.{slot}"] = value
+    return tensors, meta
+
+
+def _optimizer_from_flat(optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        param_id, slot = key.split(".", 1)
+        state.setdefault(int(param_id), {})[slot] = value
+    for key, value in meta["scalars"].items():
+        param_id, slot = key.split(".", 1)
+        state.setdefault(int(param_id), {})[slot] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def rng_snapshot() -> tuple[dict[str, torch.Tensor], dict]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    np_state = np.random.get_state()
+    meta = {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+    return tensors, meta
+
+
+def rng_restore(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
+    version, state, gauss = meta["python"]
+    random.setstate((version, tuple(state), gauss))
+    name, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, progress: dict, keep: int) -> Path:
+    """Atomically write checkpoints/step-N and keep only the newest `keep` complete ones."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step}"
+    staging = root / f".staging-step-{step}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    save_file(trainable_state(model), str(staging / "trainable.safetensors"))
+    optim_tensors, optim_meta = _optimizer_to_flat(optimizer)
+    save_file(optim_tensors, str(staging / "optimizer.safetensors"))
+    rng_tensors, rng_meta = rng_snapshot()
+    save_file(rng_tensors, str(staging / "rng.safetensors"))
+    (staging / "state.json").write_text(json.dumps({"optimizer": optim_meta, "rng": rng_meta, "progress": progress}))
+    if is_peft_model(model):
+        # A usable adapter at every checkpoint (the service lists these as fine-tuned model checkpoints).
+        model.save_pretrained(staging / "adapter", safe_serialization=True)
+    _fsync_tree(staging)
+    write_json_atomic(staging / MANIFEST, {"step": step, "complete": True, "progress": progress})
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(staging, final)
+    for old in complete_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith("step-") and (p / MANIFEST).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+def load_checkpoint(folder: Path, model, optimizer) -> dict:
+    """Restore weights, optimizer and RNG from a complete checkpoint; return its progress record."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        raise FileNotFoundError(f"{folder}: no manifest, not a complete checkpoint")
+    weights = load_file(str(folder / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    state = json.loads((folder / "state.json").read_text())
+    _optimizer_from_flat(optimizer, load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
+    rng_restore(load_file(str(folder / "rng.safetensors")), state["rng"])
+    return state["progress"]

@@ -1,0 +1,189 @@
+"""Typed training configuration: defaults < YAML file (--config) < key=value overrides < explicit flags.
+
+Parsing is strict: unknown keys, wrong types and out-of-range values are all collected and reported
+together in one UserError, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneforge.errors import UserError
+
+METHODS = ("sft", "dpo", "reward", "grpo")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""
+    output: str = "runs/latest"
+    model: str = "smollm2-135m-instruct"
+    method: str = "sft"
+    validation_data: str | None = None
+    validation_split: float = 0.0
+    full: bool = False
+    # Optimisation. learning_rate None = the method's default (1e-3 for LoRA, 5e-5 for full fine-tuning).
+    epochs: float = 3.0
+    max_steps: int | None = None
+    batch_size: int = 8
+    gradient_accumulation: int = 1
+    learning_rate: float | None = None
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.05
+    lr_schedule: str = "cosine"
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    # LoRA.
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    # Data and speed.
+    max_length: int = 2048
+    micro_batch_tokens: int = 4096
+    dtype: str = "auto"  # auto | float32 | bfloat16
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    # Logging, evaluation, checkpoints.
+    log_every: int = 1
+    eval_every: int | None = None  # None: about 5 validation passes per run
+    save_every: int | None = None
+    keep_checkpoints: int = 2
+    resume: str | None = None
+    eval_data: str | None = None
+    # Preference tuning (dpo / reward).
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    init_adapter: str | None = None
+
+    def resolved_learning_rate(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 5e-5 if self.full else 1e-3
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(name: str, value: Any, problems: list[str]) -> Any:
+    declared = typing.get_type_hints(TrainConfig)[name]
+    optional = type(None) in typing.get_args(declared)
+    base = next((a for a in typing.get_args(declared) if a is not type(None)), declared)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
+        if optional:
+            return None
+        problems.append(f"{name}: may not be empty")
+        return None
+    origin = typing.get_origin(base)
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if origin is list:
+            if isinstance(value, str):
+                return [item.strip() for item in value.split(",") if item.strip()]
+            if isinstance(value, list) and all(isinstance(item, str) for item in value):
+                return value
+            raise ValueError
+        if base is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    problems.append(f"{name}: expected {getattr(base, '__name__', str(base))}, got {value!r}")
+    return None
+
+
+def _check_ranges(config: TrainConfig, problems: list[str]) -> None:
+    def require(condition: bool, message: str) -> None:
+        if not condition:
+            problems.append(message)
+
+    require(config.method in METHODS, f"method: expected one of {', '.join(METHODS)}, got {config.method!r}")
+    require(config.lr_schedule in SCHEDULES, f"lr_schedule: expected one of {', '.join(SCHEDULES)}")
+    require(config.dtype in ("auto", "float32", "bfloat16"), "dtype: expected auto, float32 or bfloat16")
+    require(config.epochs > 0, "epochs: must be > 0")
+    require(config.max_steps is None or config.max_steps > 0, "max_steps: must be > 0")
+    require(config.batch_size >= 1, "batch_size: must be >= 1")
+    require(config.gradient_accumulation >= 1, "gradient_accumulation: must be >= 1")
+    require(config.learning_rate is None or config.learning_rate > 0, "learning_rate: must be > 0")
+    require(0 <= config.warmup_ratio < 1, "warmup_ratio: must be in [0, 1)")
+    require(0 <= config.validation_split < 1, "validation_split: must be in [0, 1)")
+    require(config.lora_r >= 1, "lora_r: must be >= 1")
+    require(0 <= config.lora_dropout < 1, "lora_dropout: must be in [0, 1)")
+    require(config.max_length >= 8, "max_length: must be >= 8")
+    require(config.micro_batch_tokens >= 8, "micro_batch_tokens: must be >= 8")
+    require(config.max_grad_norm >= 0, "max_grad_norm: must be >= 0 (0 disables clipping)")
+    require(config.save_every is None or config.save_every > 0, "save_every: must be > 0")
+    require(config.eval_every is None or config.eval_every > 0, "eval_every: must be > 0")
+    require(config.keep_checkpoints >= 1, "keep_checkpoints: must be >= 1")
+    require(config.beta > 0, "beta: must be > 0")
+    require(bool(config.data), "data: a training file is required (--data FILE)")
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    overrides = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"'{item}': expected key=value (e.g. lora_r=32)", code="bad_override")
+        key, value = item.split("=", 1)
+        overrides[key.strip().replace("-", "_")] = value
+    return overrides
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("config file not found", path=str(path))
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"not valid YAML ({exc})", path=str(path)) from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise UserError("a config file must be a mapping of key: value", path=str(path))
+    return loaded
+
+
+def build_config(*layers: dict[str, Any]) -> TrainConfig:
+    """Merge layers (later wins), coerce types, check ranges; report every problem at once."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update({k.replace("-", "_"): v for k, v in layer.items()})
+    problems = []
+    values = {}
+    for key, value in merged.items():
+        if key not in FIELD_TYPES:
+            problems.append(f"unknown key '{key}'")
+            continue
+        values[key] = _coerce(key, value, problems)
+    if problems:
+        raise UserError("config: " + "; ".join(problems), code="bad_config")
+    config = TrainConfig(**values)
+    _check_ranges(config, problems)
+    if problems:
+        raise UserError("config: " + "; ".join(problems), code="bad_config")
+    return config

@@ -1,0 +1,1 @@
+"""Data pipeline: rows -> conversations -> (input_ids, labels) -> batches; validation and preview."""

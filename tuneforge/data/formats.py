@@ -1,0 +1,185 @@
+"""Rows of a JSONL file -> conversations (the first pure step of the data pipeline).
+
+Accepted formats (OpenAI's fine-tuning formats):
+  chat        {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": ..., "weight": 0|1}], "tools": [...]}
+  completion  {"prompt": "...", "completion": "..."}              (legacy; rendered as one user/assistant turn)
+  dpo         {"input": {"messages": [...]}, "preferred_output": [msg], "non_preferred_output": [msg]}
+  pairs       {"prompt": "...", "chosen": "...", "rejected": "..."}
+
+Every problem is a `UserError` that names the file, the 1-based line and what is wrong. The full,
+collect-everything validator lives in `tuneforge.data.validate`; this module stops at the first problem.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneforge.errors import UserError
+
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass
+class Conversation:
+    """One training example: messages with a 0/1 `weight` on each assistant turn."""
+
+    messages: list[dict]
+    tools: list | None = None
+    line: int = 0
+
+
+@dataclass
+class PreferencePair:
+    """One preference example: a shared prompt conversation and two assistant answers."""
+
+    prompt: list[dict]
+    chosen: str
+    rejected: str
+    tools: list | None = None
+    line: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, parsed JSON) for each non-blank line; bad JSON is a UserError with its line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("file not found", path=str(path))
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                yield line_number, json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise UserError(f"not valid JSON ({exc})", path=str(path), line=line_number, code="invalid_json") from None
+
+
+def detect_format(row: Any) -> str | None:
+    if not isinstance(row, dict):
+        return None
+    if "messages" in row:
+        return "chat"
+    if "input" in row and ("preferred_output" in row or "non_preferred_output" in row):
+        return "dpo"
+    if "prompt" in row and "chosen" in row and "rejected" in row:
+        return "pairs"
+    if "prompt" in row and "completion" in row:
+        return "completion"
+    return None
+
+
+def content_text(content: Any) -> str | None:
+    """A message's content as text: a string, or a list of {"type": "text", "text": ...} parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(
+        isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str) for part in content
+    ):
+        return "".join(part["text"] for part in content)
+    return None
+
+
+def normalise_messages(raw_messages: Any, where: dict) -> list[dict]:
+    """Check roles and content, and give each assistant turn an explicit weight (default 1)."""
+    if not isinstance(raw_messages, list) or not raw_messages:
+        raise UserError("'messages' must be a non-empty list", code="missing_messages", **where)
+    messages = []
+    for index, message in enumerate(raw_messages):
+        if not isinstance(message, dict):
+            raise UserError(f"messages[{index}] is not an object", code="bad_message", **where)
+        role = message.get("role")
+        if role not in ROLES:
+            raise UserError(f"messages[{index}] has role {role!r}; expected one of {', '.join(ROLES)}", code="bad_role", **where)
+        text = content_text(message.get("content"))
+        has_tool_calls = role == "assistant" and message.get("tool_calls")
+        if text is None and not (has_tool_calls and message.get("content") is None):
+            raise UserError(f"messages[{index}].content must be a string or a list of text parts", code="bad_content", **where)
+        clean = {"role": role, "content": text if text is not None else ""}
+        for key in ("tool_calls", "tool_call_id", "name"):
+            if key in message:
+                clean[key] = message[key]
+        if role == "assistant":
+            weight = message.get("weight", 1)
+            if weight not in (0, 1) or isinstance(weight, bool):
+                raise UserError(f"messages[{index}].weight must be 0 or 1", code="bad_weight", **where)
+            clean["weight"] = int(weight)
+        messages.append(clean)
+    return messages
+
+
+def row_to_conversation(row: Any, path: str = "<data>", line: int = 0) -> Conversation:
+    where = {"path": path, "line": line}
+    kind = detect_format(row)
+    if kind == "chat":
+        messages = normalise_messages(row["messages"], where)
+        tools = row.get("tools")
+        if tools is not None and not isinstance(tools, list):
+            raise UserError("'tools' must be a list", code="bad_tools", **where)
+    elif kind == "completion":
+        prompt, completion = row["prompt"], row["completion"]
+        if not isinstance(prompt, str) or not isinstance(completion, str):
+            raise UserError("'prompt' and 'completion' must be strings", code="bad_content", **where)
+        messages, tools = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion, "weight": 1}], None
+    elif kind in ("dpo", "pairs"):
+        raise UserError("this is a preference (DPO) row; train it with --method dpo", code="wrong_method", **where)
+    else:
+        raise UserError(
+            "unknown format: expected an object with 'messages' (chat) or 'prompt' and 'completion'",
+            code="unknown_format",
+            **where,
+        )
+    if not any(m["role"] == "assistant" and m.get("weight", 1) == 1 for m in messages):
+        raise UserError("no assistant message with weight 1: nothing to train on", code="no_trained_turn", **where)
+    return Conversation(messages=messages, tools=tools, line=line)
+
+
+def row_to_preference_pair(row: Any, path: str = "<data>", line: int = 0) -> PreferencePair:
+    where = {"path": path, "line": line}
+    kind = detect_format(row)
+    if kind == "pairs":
+        prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+        prompt_messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        prompt_messages = normalise_messages(prompt_messages, where)
+        chosen_text, rejected_text = content_text(chosen), content_text(rejected)
+        if chosen_text is None or rejected_text is None:
+            raise UserError("'chosen' and 'rejected' must be strings", code="bad_dpo_row", **where)
+        return PreferencePair(prompt_messages, chosen_text, rejected_text, line=line)
+    if kind == "dpo":
+        source = row.get("input")
+        if not isinstance(source, dict) or "messages" not in source:
+            raise UserError("'input' must be an object with 'messages'", code="bad_dpo_row", **where)
+        prompt_messages = normalise_messages(source["messages"], where)
+        answers = []
+        for key in ("preferred_output", "non_preferred_output"):
+            value = row.get(key)
+            if not (isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict)):
+                raise UserError(f"'{key}' must be a list of exactly one assistant message", code="bad_dpo_row", **where)
+            if value[0].get("role") != "assistant" or content_text(value[0].get("content")) is None:
+                raise UserError(f"'{key}' must hold one assistant message with text content", code="bad_dpo_row", **where)
+            answers.append(content_text(value[0]["content"]))
+        return PreferencePair(prompt_messages, answers[0], answers[1], tools=source.get("tools"), line=line)
+    raise UserError(
+        "not a preference row: expected OpenAI DPO ('input', 'preferred_output', 'non_preferred_output') "
+        "or 'prompt'/'chosen'/'rejected'",
+        code="bad_dpo_row",
+        **where,
+    )
+
+
+def load_conversations(path: str | Path) -> list[Conversation]:
+    conversations = [row_to_conversation(row, str(path), line) for line, row in read_jsonl(path)]
+    if not conversations:
+        raise UserError("no examples in file", path=str(path), code="empty_file")
+    return conversations
+
+
+def load_preference_pairs(path: str | Path) -> list[PreferencePair]:
+    pairs = [row_to_preference_pair(row, str(path), line) for line, row in read_jsonl(path)]
+    if not pairs:
+        raise UserError("no examples in file", path=str(path), code="empty_file")
+    return pairs

@@ -1,0 +1,1 @@
+"""Generation and evaluation: batched greedy decoding with a KV cache, metrics, comparison reports."""

@@ -1,0 +1,164 @@
+"""Batched generation with a KV cache: many prompts decoded together, left-padded.
+
+    from tuneforge.models import load_model
+    from tuneforge.evaluate.generation import generate_chat
+    model, tokenizer = load_model(adapter="runs/demo")
+    generate_chat(model, tokenizer, [[{"role": "user", "content": "Hi"}]], max_new_tokens=32)
+
+Prompts are sorted by length and decoded in batches, so padding stays small; each finished row stops
+counting, and the whole batch stops as soon as every row has produced an end-of-turn token or a stop
+string. Greedy by default (temperature 0), which is what evaluation wants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from tuneforge.data.tokenize import end_of_turn_ids, tokenize_prompt
+
+
+def _first_stop(text: str, stop: list[str] | None) -> int | None:
+    if not stop:
+        return None
+    positions = [text.find(s) for s in stop if s and s in text]
+    return min(positions) if positions else None
+
+
+@torch.inference_mode()
+def generate_ids(
+    model,
+    prompts: list[list[int]],
+    *,
+    eos_ids: set[int],
+    pad_id: int,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    should_stop: Callable[[int, list[int]], bool] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> tuple[list[list[int]], list[str]]:
+    """Decode one left-padded batch. Returns new token ids per prompt and a finish reason per prompt."""
+    device = next(model.parameters()).device
+    batch_size = len(prompts)
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((batch_size, width), pad_id, dtype=torch.long, device=device)
+    attention_mask = torch.zeros((batch_size, width), dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt) :] = torch.tensor(prompt, device=device)
+        attention_mask[row, width - len(prompt) :] = 1
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    outputs = [[] for _ in range(batch_size)]
+    reasons = ["length"] * batch_size
+    done = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    past = None
+    current_ids, current_positions = input_ids, position_ids
+    for _ in range(max_new_tokens):
+        result = model(
+            input_ids=current_ids,
+            attention_mask=attention_mask,
+            position_ids=current_positions,
+            past_key_values=past,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        past = result.past_key_values
+        logits = result.logits[:, -1, :].float()
+        if temperature and temperature > 0:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            if top_p < 1.0:
+                sorted_probs, sorted_idx = probs.sort(dim=-1, descending=True)
+                keep = sorted_probs.cumsum(-1) - sorted_probs < top_p
+                sorted_probs = sorted_probs * keep
+                probs = torch.zeros_like(probs).scatter_(-1, sorted_idx, sorted_probs)
+            next_tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            next_tokens = logits.argmax(dim=-1)
+        for row in range(batch_size):
+            if done[row]:
+                continue
+            token = int(next_tokens[row])
+            if token in eos_ids:
+                done[row] = True
+                reasons[row] = "stop"
+                continue
+            outputs[row].append(token)
+            if on_step is not None:
+                on_step(row, token)
+            if should_stop is not None and should_stop(row, outputs[row]):
+                done[row] = True
+                reasons[row] = "stop"
+        if bool(done.all()):
+            break
+        next_tokens = torch.where(done, torch.full_like(next_tokens, pad_id), next_tokens)
+        current_ids = next_tokens[:, None]
+        current_positions = current_positions[:, -1:] + 1
+        attention_mask = torch.cat([attention_mask, (~done).long()[:, None]], dim=1)
+    return outputs, reasons
+
+
+def generate_chat(
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    stop: list[str] | None = None,
+    on_token: Callable[[int, str], None] | None = None,
+    batch_size: int = 32,
+    tools_list: list | None = None,
+) -> list[dict]:
+    """Answer each conversation's next assistant turn. Returns [{text, prompt_tokens, completion_tokens, finish_reason}]."""
+    prompts = [tokenize_prompt(tokenizer, messages, (tools_list or [None] * len(conversations))[i]) for i, messages in enumerate(conversations)]
+    eos_ids = end_of_turn_ids(tokenizer, model.config)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids))
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[dict | None] = [None] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        step_outputs: list[list[int]] = [[] for _ in chunk]
+        emitted = [0] * len(chunk)
+
+        def should_stop(row: int, ids: list[int]) -> bool:
+            return _first_stop(tokenizer.decode(ids, skip_special_tokens=True), stop) is not None
+
+        def on_step(row: int, token: int, chunk=chunk, step_outputs=step_outputs, emitted=emitted) -> None:
+            # Stream whole characters only: a multi-byte character may span several tokens.
+            step_outputs[row].append(token)
+            text = tokenizer.decode(step_outputs[row], skip_special_tokens=True)
+            if text.endswith("\ufffd") or len(text) <= emitted[row]:
+                return
+            on_token(chunk[row], text[emitted[row] :])
+            emitted[row] = len(text)
+
+        outputs, reasons = generate_ids(
+            model,
+            [prompts[i] for i in chunk],
+            eos_ids=eos_ids,
+            pad_id=pad_id,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            generator=generator,
+            should_stop=should_stop if stop else None,
+            on_step=on_step if on_token else None,
+        )
+        for row, index in enumerate(chunk):
+            text = tokenizer.decode(outputs[row], skip_special_tokens=True)
+            cut = _first_stop(text, stop)
+            if cut is not None:
+                text = text[:cut]
+            results[index] = {
+                "text": text,
+                "prompt_tokens": len(prompts[index]),
+                "completion_tokens": len(outputs[row]),
+                "finish_reason": reasons[row],
+            }
+    return results  # type: ignore[return-value]

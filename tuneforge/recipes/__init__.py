@@ -1,0 +1,1 @@
+"""One readable training recipe per method: sft, dpo, reward, grpo."""
