@@ -1,0 +1,164 @@
+"""Data verbs:  tuneforge validate | preview | split | dedup   (see each command's --help)
+
+    tuneforge validate train.jsonl --model smollm2-135m-instruct        # exit 0 ok, 1 findings, 2 usage
+    tuneforge preview train.jsonl --n 3 --html preview.html
+    tuneforge split data.jsonl --validation-fraction 0.1 --seed 42 --train-out train.jsonl --validation-out valid.jsonl
+    tuneforge dedup data.jsonl --output clean.jsonl --near
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from tuneforge.errors import UserError
+
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser("validate", help="check a training file (format, template, mask, lengths) and estimate the run")
+    p.add_argument("file")
+    p.add_argument("--model", help="render with this model's tokenizer (default smollm2-135m-instruct)")
+    p.add_argument("--method", default="sft", choices=("sft", "dpo", "reward"), help="sft (default); dpo and reward take preference rows")
+    p.add_argument("--max-length", type=int, default=2048, help="tokens per example in training (default 2048)")
+    p.add_argument("--validation-file", help="also check this validation file, and its overlap with FILE")
+    p.add_argument("--epochs", type=float, help="epochs for the estimate (default: what 'auto' picks)")
+    p.add_argument("--batch-size", type=int, default=8, help="examples per step for the estimate (default 8)")
+    p.add_argument("--no-estimate", action="store_true", help="skip the measured time/memory estimate (fast)")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    p.set_defaults(func=run_validate)
+
+    p = subparsers.add_parser("preview", help="show examples as the model sees them, trained tokens highlighted")
+    p.add_argument("file")
+    p.add_argument("--n", type=int, default=3, help="how many examples (default 3)")
+    p.add_argument("--model", help="default smollm2-135m-instruct")
+    p.add_argument("--method", default="sft", choices=("sft", "dpo", "reward"))
+    p.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML page")
+    p.add_argument("--boundaries", action="store_true", help="mark token boundaries with | when not coloured")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.set_defaults(func=run_preview)
+
+    p = subparsers.add_parser("split", help="split a JSONL file into train and validation files, deterministic by seed")
+    p.add_argument("file")
+    p.add_argument("--validation-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--train-out", required=True)
+    p.add_argument("--validation-out", required=True)
+    p.set_defaults(func=run_split)
+
+    p = subparsers.add_parser("dedup", help="drop repeated examples (exact, or with --near same words)")
+    p.add_argument("file")
+    p.add_argument("--output", required=True)
+    p.add_argument("--near", action="store_true", help="also drop examples with the same words (case, punctuation aside)")
+    p.set_defaults(func=run_dedup)
+
+
+def _load_tokenizer(model: str | None):
+    """(tokenizer, model config, spec) for an explicit --model; the default model only if it is available."""
+    from tuneforge.models import DEFAULT_MODEL, load_tokenizer, resolve_model
+
+    try:
+        resolved = resolve_model(model)
+        tokenizer = load_tokenizer(resolved.path)
+    except Exception:  # noqa: BLE001 - an explicit --model must load; the implicit default may be absent
+        if model is not None:
+            raise
+        return None, None, DEFAULT_MODEL
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(resolved.path)
+    except Exception:  # noqa: BLE001 - the eos ids from config are a bonus, the tokenizer's suffice
+        config = None
+    return tokenizer, config, model or DEFAULT_MODEL
+
+
+def run_validate(args) -> int:
+    from tuneforge.data.validate import estimate_training, validate_file
+
+    if args.max_length < 8:
+        raise UserError("--max-length must be >= 8")
+    tokenizer, model_config, spec = _load_tokenizer(args.model)
+    report = validate_file(args.file, args.method, tokenizer, args.max_length, args.validation_file,
+                           progress=True, model_config=model_config)
+    if tokenizer is None:
+        report.add(0, "tokenizer_unavailable", f"could not load the tokenizer of {spec}; token checks skipped")
+    if report.ok and tokenizer is not None and not args.no_estimate:
+        try:
+            report.estimate = estimate_training(report, spec, args.epochs, args.batch_size)
+        except Exception as exc:  # noqa: BLE001 - the estimate is advice; a failure must not hide the report
+            report.estimate = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    result = report.to_dict()
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_report(result))
+    return 0 if result["ok"] else 1
+
+
+def format_report(result: dict) -> str:
+    lines = [f"{result['path']}: {result['n_examples']} examples ({result['method']})"]
+    stats = result["tokens_per_example"]
+    if stats:
+        lines.append(f"  tokens per example: min {stats['min']}, mean {stats['mean']}, p95 {stats['p95']}, max {stats['max']}")
+        lines.append(f"  tokens: {result['n_tokens']} in total, {result['n_trained_tokens']} trained (max length {result['max_length']})")
+    if result["auto_epochs"]:
+        lines.append(f"  epochs 'auto' would pick: {result['auto_epochs']}")
+    estimate = result["estimate"]
+    if estimate.get("train_seconds") is not None:
+        lines.append(f"  estimate on {estimate['device']}/{estimate['dtype']}: ~{_duration(estimate['train_seconds'])} for "
+                     f"{estimate['epochs']} epochs ({estimate['seconds_per_token'] * 1000:.2f} ms/token measured), "
+                     f"peak memory ~{estimate['peak_memory_mb']:.0f} MB")
+    elif estimate.get("error"):
+        lines.append(f"  estimate failed: {estimate['error']}")
+    for kind in ("errors", "warnings"):
+        for finding in result[kind]:
+            where = f"{finding.get('file', 'train')}:{finding['line']}" if finding.get("file") else f"line {finding['line']}"
+            lines.append(f"  {kind[:-1]}: {where}: {finding['message']} [{finding['code']}]")
+    listed = len(result["errors"]) + len(result["warnings"])
+    total = sum(result["finding_counts"].values())
+    if total > listed:
+        lines.append(f"  ({total - listed} more; counts by code: {result['finding_counts']})")
+    lines.append("OK" if result["ok"] else f"INVALID: {sum(1 for _ in result['errors'])}+ errors")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def run_preview(args) -> int:
+    from pathlib import Path
+
+    from tuneforge.data.preview import format_html, format_text, preview_examples
+    from tuneforge.models import DEFAULT_MODEL, load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(args.model).path)
+    examples = preview_examples(args.file, tokenizer, args.n, "dpo" if args.method in ("dpo", "reward") else "sft")
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    for example in examples:
+        print(format_text(example, color=color, show_boundaries=args.boundaries))
+        print()
+    if args.html:
+        Path(args.html).write_text(format_html(examples, args.file, args.model or DEFAULT_MODEL), encoding="utf-8")
+        print(f"wrote {args.html}", file=sys.stderr)
+    return 0
+
+
+def run_split(args) -> int:
+    from tuneforge.data.curation import split_file
+
+    n_train, n_valid = split_file(args.file, args.validation_fraction, args.seed, args.train_out, args.validation_out)
+    print(json.dumps({"train": n_train, "validation": n_valid, "train_out": args.train_out,
+                      "validation_out": args.validation_out}))
+    return 0
+
+
+def run_dedup(args) -> int:
+    from tuneforge.data.curation import dedup_file
+
+    print(json.dumps(dedup_file(args.file, args.output, args.near)))
+    return 0

@@ -1,0 +1,104 @@
+"""Produce clean files:  tuneforge split FILE --validation-fraction 0.1 --seed 42 --train-out A --validation-out B
+                         tuneforge dedup FILE --output OUT [--near]
+
+Lines are copied byte for byte (no re-serialisation), so a split or dedup never changes an example.
+The duplicate keys defined here are the ones `tuneforge validate` warns about, so a file written by
+`dedup` (or `dedup --near`) validates without duplicate (or near-duplicate) warnings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+from tuneforge.errors import UserError
+
+_NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
+
+
+def _digest(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
+
+
+def exact_key(row: Any) -> int:
+    """Same example: equal JSON after sorting keys (whitespace and key order in the file do not matter)."""
+    return _digest(json.dumps(row, sort_keys=True, ensure_ascii=False))
+
+
+def _strings(value: Any):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key in sorted(value):
+            if key != "weight":
+                yield from _strings(value[key])
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def normalised_text(row: Any) -> str:
+    """The row's words only: case, accents' compatibility forms, punctuation and spacing are ignored."""
+    text = " ".join(_strings(row))
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return _NOT_WORD.sub(" ", text).strip()
+
+
+def near_key(row: Any) -> int:
+    """Near-duplicate: the same words in the same order, ignoring case, punctuation and whitespace."""
+    return _digest(normalised_text(row))
+
+
+def _read_lines(path: str | Path) -> list[bytes]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("file not found", path=str(path))
+    with path.open("rb") as handle:
+        return [line if line.endswith(b"\n") else line + b"\n" for line in handle if line.strip()]
+
+
+def split_file(path, validation_fraction: float, seed: int, train_out, validation_out) -> tuple[int, int]:
+    """Deterministic by seed, with the same rule `train --validation-split` uses (recipes.sft.split_validation)."""
+    from tuneforge.recipes.sft import split_validation
+
+    if not 0 < validation_fraction < 1:
+        raise UserError(f"--validation-fraction must be between 0 and 1, got {validation_fraction}")
+    lines = _read_lines(path)
+    if len(lines) < 2:
+        raise UserError("need at least 2 examples to split", path=str(path))
+    train, valid = split_validation(lines, validation_fraction, seed)
+    for out, chunk in ((train_out, train), (validation_out, valid)):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_bytes(b"".join(chunk))
+    return len(train), len(valid)
+
+
+def dedup_file(path, output, near: bool = False) -> dict:
+    """Keep the first occurrence of each example; unparseable lines are kept (validate reports them)."""
+    source = Path(path)
+    if not source.is_file():
+        raise UserError("file not found", path=str(source))
+    key_of = near_key if near else exact_key
+    seen: set[int] = set()
+    kept = dropped = 0
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    with source.open("rb") as reader, Path(output).open("wb") as writer:
+        for raw in reader:
+            if not raw.strip():
+                continue
+            try:
+                key = key_of(json.loads(raw))
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+                key = None
+            if key is not None and key in seen:
+                dropped += 1
+                continue
+            if key is not None:
+                seen.add(key)
+            writer.write(raw if raw.endswith(b"\n") else raw + b"\n")
+            kept += 1
+    return {"kept": kept, "dropped": dropped, "output": str(output), "near": near}
