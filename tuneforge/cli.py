@@ -44,6 +44,8 @@ TRAIN_FLAGS = {
     "eval_data": "eval_data",
     "init_adapter": "init_adapter",
     "beta": "beta",
+    "reward": "reward",
+    "reward_model": "reward_model",
 }
 
 
@@ -66,6 +68,8 @@ def add_train_command(subparsers) -> None:
     p.add_argument("--eval-data", help="evaluate on this test JSONL after training (results in summary.json)")
     p.add_argument("--init-adapter", help="start from this LoRA adapter (e.g. an SFT run before DPO)")
     p.add_argument("--beta", type=float, help="preference-tuning temperature (dpo)")
+    p.add_argument("--reward", help="grpo reward: exact_match, json_format, json_fields or module:function")
+    p.add_argument("--reward-model", help="grpo reward: a directory written by --method reward")
     p.add_argument("--config", help="YAML file of config keys")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. lora_r=32 max_length=1024")
     p.set_defaults(func=run_train)

@@ -16,6 +16,7 @@ from tuneforge.errors import UserError
 
 METHODS = ("sft", "dpo", "reward", "grpo")
 SCHEDULES = ("cosine", "linear", "constant")
+LOSS_TYPES = ("sigmoid", "ipo", "simpo")
 
 
 @dataclass
@@ -60,6 +61,16 @@ class TrainConfig:
     beta: float = 0.1
     loss_type: str = "sigmoid"
     init_adapter: str | None = None
+    simpo_gamma: float = 0.5  # SimPO target margin (loss_type=simpo)
+    # Reward-driven RL (grpo). reward: "exact_match" / "json_format" / "json_fields" or "module:function".
+    reward: str | None = None
+    reward_model: str | None = None
+    group_size: int = 4
+    max_new_tokens: int = 64
+    kl_beta: float = 0.04
+    clip_epsilon: float = 0.2
+    temperature: float = 1.0
+    policy_updates: int = 1  # optimizer steps per batch of sampled completions (clipping matters when > 1)
 
     def resolved_learning_rate(self) -> float:
         if self.learning_rate is not None:
@@ -138,6 +149,14 @@ def _check_ranges(config: TrainConfig, problems: list[str]) -> None:
     require(config.eval_every is None or config.eval_every > 0, "eval_every: must be > 0")
     require(config.keep_checkpoints >= 1, "keep_checkpoints: must be >= 1")
     require(config.beta > 0, "beta: must be > 0")
+    require(config.loss_type in LOSS_TYPES, f"loss_type: expected one of {', '.join(LOSS_TYPES)}, got {config.loss_type!r}")
+    require(config.group_size >= 2, "group_size: must be >= 2 (advantages compare completions within a group)")
+    require(config.max_new_tokens >= 1, "max_new_tokens: must be >= 1")
+    require(config.temperature > 0, "temperature: must be > 0 (GRPO samples)")
+    require(config.kl_beta >= 0 and config.clip_epsilon > 0, "kl_beta must be >= 0 and clip_epsilon > 0")
+    require(config.policy_updates >= 1, "policy_updates: must be >= 1")
+    require(config.method != "grpo" or bool(config.reward) != bool(config.reward_model),
+            "grpo needs exactly one of --reward (function) or --reward-model (directory)")
     require(bool(config.data), "data: a training file is required (--data FILE)")
 
 

@@ -90,3 +90,85 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
 def reference_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The plain, memory-hungry formula; used by tests as the independent reference."""
     return F.cross_entropy((hidden @ weight.T).to(torch.promote_types(hidden.dtype, torch.float32)), targets, reduction="sum")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Preference and reward losses (dpo / reward / grpo recipes). Each returns per-example values; the
+# recipe sums them and divides by the number of examples (pairs, or completion tokens for GRPO) in the
+# whole optimizer step, so micro-batching never changes the update.
+
+
+def sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: (sum of log p over the trained answer tokens, number of those tokens).
+
+    hidden [B, T, H] final hidden states, weight [V, H] output head, labels [B, T] with IGNORE_INDEX where
+    no answer token is; position t predicts token t+1 (as in `shifted_trained_positions`)."""
+    next_labels = labels[:, 1:]
+    mask = next_labels != IGNORE_INDEX
+    per_token = token_logprobs(hidden[:, :-1][mask], weight, next_labels[mask])
+    rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(next_labels)[mask]
+    sums = torch.zeros(labels.shape[0], dtype=per_token.dtype, device=per_token.device).index_add(0, rows, per_token)
+    return sums, mask.sum(dim=1)
+
+
+def dpo_sigmoid_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
+                     reference_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DPO (Rafailov et al. 2023): -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))), per pair.
+
+    Inputs are sequence log-probs (sums over answer tokens). Returns (losses, chosen rewards, rejected
+    rewards); the implicit rewards are beta * (pi - ref), detached (they are metrics)."""
+    chosen_rewards = beta * (policy_chosen - reference_chosen)
+    rejected_rewards = beta * (policy_rejected - reference_rejected)
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards)
+    return losses, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+def ipo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
+             reference_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """IPO (Azar et al. 2023): (h - 1/(2 beta))^2 with h = (pi_c - ref_c) - (pi_r - ref_r), per pair.
+
+    The squared loss regresses the log-ratio margin to a finite target instead of pushing it to infinity."""
+    chosen_logratio = policy_chosen - reference_chosen
+    rejected_logratio = policy_rejected - reference_rejected
+    losses = (chosen_logratio - rejected_logratio - 1.0 / (2.0 * beta)) ** 2
+    return losses, (beta * chosen_logratio).detach(), (beta * rejected_logratio).detach()
+
+
+def simpo_loss(policy_chosen_mean: torch.Tensor, policy_rejected_mean: torch.Tensor, beta: float,
+               gamma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SimPO (Meng et al. 2024), reference-free: -log sigmoid(beta * (mean_c - mean_r) - gamma), per pair.
+
+    Inputs are length-normalised log-probs (mean over answer tokens); gamma is the target reward margin.
+    Rewards are beta * mean log-prob."""
+    chosen_rewards = beta * policy_chosen_mean
+    rejected_rewards = beta * policy_rejected_mean
+    losses = -F.logsigmoid(chosen_rewards - rejected_rewards - gamma)
+    return losses, chosen_rewards.detach(), rejected_rewards.detach()
+
+
+def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
+    """Reward-model loss, per pair: -log sigmoid(r_chosen - r_rejected) (Bradley-Terry likelihood)."""
+    return -F.logsigmoid(chosen_scores - rejected_scores)
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO advantages for rewards [prompts, group]: (r - group mean) / (group std + eps).
+
+    A group whose completions all score the same gets advantage 0 (nothing to learn from it)."""
+    mean = rewards.mean(dim=1, keepdim=True)
+    std = rewards.std(dim=1, keepdim=True, unbiased=False)
+    return (rewards - mean) / (std + eps)
+
+
+def grpo_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, reference_logprobs: torch.Tensor,
+                    advantages: torch.Tensor, clip_epsilon: float, kl_beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO (Shao et al. 2024) per completion token: clipped policy objective plus a KL penalty.
+
+    ratio = exp(logp - old_logp); objective = min(ratio * A, clip(ratio, 1-eps, 1+eps) * A);
+    KL to the reference by the non-negative k3 estimator exp(ref - logp) - (ref - logp) - 1.
+    Returns (loss per token = -objective + kl_beta * kl, kl per token detached)."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    objective = torch.minimum(ratio * advantages, torch.clamp(ratio, 1.0 - clip_epsilon, 1.0 + clip_epsilon) * advantages)
+    log_ref_ratio = reference_logprobs - logprobs
+    kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1.0
+    return -objective + kl_beta * kl, kl.detach()
