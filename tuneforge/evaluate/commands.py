@@ -1,0 +1,71 @@
+"""The `tuneforge compare` verb:  tuneforge compare --data test.jsonl --adapter runs/demo --shots 4 --shots-from train.jsonl
+
+Prints a one-line verdict; writes report.json, report.html and plots to --output (default ADAPTER/report).
+Exit code 1 when --max-forgetting is given and the fine-tuned model drifts past it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser("compare", help="base zero-shot vs few-shot vs fine-tuned, plus forgetting; HTML report")
+    p.add_argument("--data", required=True, help="test JSONL (the last assistant turn is the reference)")
+    p.add_argument("--adapter", required=True, help="LoRA adapter dir or full fine-tuned model dir")
+    p.add_argument("--model", help="base model (default: the one the adapter was trained on)")
+    p.add_argument("--shots", type=int, default=0, help="few-shot examples in the prompt (needs --shots-from)")
+    p.add_argument("--shots-from", help="JSONL to draw few-shot examples from (usually the training file)")
+    p.add_argument("--output", help="report folder (default ADAPTER/report)")
+    p.add_argument("--format-regex", help="an answer is format-valid when it fully matches this regex")
+    p.add_argument("--json-schema", help="an answer is format-valid when it is JSON valid against this schema file")
+    p.add_argument(
+        "--max-forgetting", type=float, help="fail (exit 1) when general-text perplexity rises more than PCT%%"
+    )
+    p.add_argument("--limit", type=int, help="only the first N test examples")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--latency-samples", type=int, default=8, help="prompts answered one at a time for latency p50/p95")
+    p.add_argument("--seed", type=int, default=0, help="which few-shot examples are drawn")
+    p.add_argument("--forgetting-windows", type=int, default=32, help="general-text windows for perplexity and KL")
+    p.add_argument("--window-tokens", type=int, default=128)
+    p.add_argument("--no-forgetting", action="store_true", help="skip the forgetting measurements")
+    p.set_defaults(func=run_compare)
+
+
+def run_compare(args) -> int:
+    from tuneforge.errors import UserError
+    from tuneforge.evaluate.compare import compare
+    from tuneforge.evaluate.report import write_report
+    from tuneforge.evaluate.run import load_eval_set
+
+    load_eval_set(args.data)  # bad data fails before any model loads
+    if not Path(args.adapter).is_dir():
+        raise UserError(f"{args.adapter}: adapter directory not found")
+    if args.shots < 0 or (args.limit is not None and args.limit < 1):
+        raise UserError("--shots must be >= 0 and --limit >= 1")
+    report = compare(
+        args.data,
+        args.adapter,
+        model=args.model,
+        shots=args.shots,
+        shots_from=args.shots_from,
+        format_regex=args.format_regex,
+        json_schema=args.json_schema,
+        max_forgetting=args.max_forgetting,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        latency_samples=args.latency_samples,
+        seed=args.seed,
+        forgetting_windows=args.forgetting_windows,
+        window_tokens=args.window_tokens,
+        forgetting=not args.no_forgetting,
+        progress=lambda message: print(f"tuneforge compare: {message}", file=sys.stderr),
+    )
+    output = Path(args.output) if args.output else Path(args.adapter) / "report"
+    paths = write_report(report, output)
+    print(report["verdict"])
+    print(f"report: {paths['html']}", file=sys.stderr)
+    return 1 if report["passed"] is False else 0

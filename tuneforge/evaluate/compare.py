@@ -1,0 +1,314 @@
+"""Zero-shot vs few-shot vs fine-tuned, and what the model forgot:
+
+    tuneforge compare --data test.jsonl --adapter runs/demo --shots 4 --shots-from train.jsonl --output runs/demo/report
+
+Every variant answers the same test prompts greedily. Few-shot prompts get K user/assistant pairs from
+--shots-from (chosen once by seed, the same K for every test prompt) inserted after any leading system
+messages. Timing, defined once here and in docs/evaluation.md:
+
+- latency_p50_s / latency_p95_s: one request at a time (batch size 1), wall time from prompt to finished
+  answer, over the first `latency_samples` test prompts. This is what one user waits.
+- batch_latency_p50_s / p95_s: in the batched run, an answer is ready when its batch finishes, so each
+  answer's latency is its batch's wall time.
+- batch_seconds_per_answer: batched run's total wall time / number of answers (throughput view).
+- generated_tokens_per_second: generated tokens / batched wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from pathlib import Path
+
+from tuneforge.data.formats import load_conversations
+from tuneforge.errors import UserError
+from tuneforge.evaluate.metrics import is_json_object_or_array, parse_json, references_are_json, score
+from tuneforge.evaluate.run import answer_budget, load_eval_set, split_prompt_and_reference
+
+VARIANTS = ("zero_shot", "few_shot", "fine_tuned")
+
+
+def select_shots(path: str | Path, k: int, seed: int = 0) -> list[tuple[str, str]]:
+    """K (user, assistant) pairs from a training file, sampled deterministically by seed."""
+    pairs = []
+    for conversation in load_conversations(path):
+        prompt, answer = split_prompt_and_reference(conversation.messages)
+        users = [m["content"] for m in prompt if m["role"] == "user"]
+        if users:
+            pairs.append((users[-1], answer))
+    if k > len(pairs):
+        raise UserError(f"--shots {k} but only {len(pairs)} usable examples", path=str(path))
+    return random.Random(seed).sample(pairs, k)
+
+
+def with_shots(prompt: list[dict], shots: list[tuple[str, str]]) -> list[dict]:
+    """The prompt with the shots as earlier user/assistant turns, after any leading system messages."""
+    n_system = 0
+    while n_system < len(prompt) and prompt[n_system]["role"] == "system":
+        n_system += 1
+    examples = [
+        {"role": role, "content": text}
+        for user, answer in shots
+        for role, text in (("user", user), ("assistant", answer))
+    ]
+    return prompt[:n_system] + examples + prompt[n_system:]
+
+
+def format_checker(references: list[str], format_regex: str | None = None, json_schema: str | None = None):
+    """(description, predicate) for format validity, or None when nothing says what a valid answer looks like."""
+    if json_schema:
+        try:
+            import jsonschema
+        except ImportError:
+            raise UserError("--json-schema needs the jsonschema package: pip install 'tuneforge[report]'") from None
+        try:
+            schema = json.loads(Path(json_schema).read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read the JSON schema ({exc})", path=json_schema) from None
+        validator = jsonschema.Draft202012Validator(schema)
+
+        def valid_schema(text: str) -> bool:
+            try:
+                return validator.is_valid(parse_json(text))
+            except ValueError:
+                return False
+
+        return f"json schema {Path(json_schema).name}", valid_schema
+    if format_regex:
+        try:
+            pattern = re.compile(format_regex, re.DOTALL)
+        except re.error as exc:
+            raise UserError(f"--format-regex is not a valid regular expression ({exc})") from None
+        return f"regex {format_regex}", lambda text: pattern.fullmatch(text.strip()) is not None
+    if references_are_json(references):
+        return "json parses (object or array)", is_json_object_or_array
+    return None
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default), q in [0, 100]."""
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def run_variant(
+    model, tokenizer, prompts, references, tools, *, batch_size=32, max_new_tokens=256, latency_samples=8, checker=None
+) -> dict:
+    """Answer every prompt batched (timing each batch), then a few one at a time for single-request latency."""
+    from tuneforge.data.tokenize import tokenize_prompt
+    from tuneforge.evaluate.generation import generate_chat
+
+    budget = answer_budget(tokenizer, references, max_new_tokens)
+    lengths = [len(tokenize_prompt(tokenizer, p, t)) for p, t in zip(prompts, tools, strict=True)]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    outputs: list[dict | None] = [None] * len(prompts)
+    batch_latency = [0.0] * len(prompts)
+    total_seconds = 0.0
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        began = time.perf_counter()
+        answers = generate_chat(
+            model,
+            tokenizer,
+            [prompts[i] for i in chunk],
+            max_new_tokens=budget,
+            batch_size=len(chunk),
+            tools_list=[tools[i] for i in chunk],
+        )
+        seconds = time.perf_counter() - began
+        total_seconds += seconds
+        for i, answer in zip(chunk, answers, strict=True):
+            outputs[i] = answer
+            batch_latency[i] = seconds
+    single = []
+    for i in range(min(latency_samples, len(prompts))):
+        began = time.perf_counter()
+        generate_chat(model, tokenizer, [prompts[i]], max_new_tokens=budget, batch_size=1, tools_list=[tools[i]])
+        single.append(time.perf_counter() - began)
+    predictions = [o["text"] for o in outputs]
+    result = score(predictions, references)
+    if checker is not None:
+        result["format"] = checker[0]
+        result["format_valid"] = round(sum(checker[1](p) for p in predictions) / len(predictions), 4)
+    completion_tokens = sum(o["completion_tokens"] for o in outputs)
+    result.update(
+        mean_prompt_tokens=round(sum(lengths) / len(lengths), 2),
+        mean_completion_tokens=round(completion_tokens / len(outputs), 2),
+        batch_size=batch_size,
+        seconds=round(total_seconds, 3),
+        batch_seconds_per_answer=round(total_seconds / len(outputs), 4),
+        batch_latency_p50_s=round(percentile(batch_latency, 50), 4),
+        batch_latency_p95_s=round(percentile(batch_latency, 95), 4),
+        latency_samples=len(single),
+        latency_p50_s=round(percentile(single, 50), 4) if single else None,
+        latency_p95_s=round(percentile(single, 95), 4) if single else None,
+        generated_tokens_per_second=round(completion_tokens / max(total_seconds, 1e-9), 2),
+    )
+    result["examples"] = [
+        {"prompt": p[-1]["content"], "reference": r, "prediction": o["text"]}
+        for p, r, o in zip(prompts, references, outputs, strict=True)
+    ]
+    return result
+
+
+def read_training_curves(adapter: str | Path) -> dict:
+    """Train and validation loss points from ADAPTER_DIR/metrics.jsonl (empty lists when absent)."""
+    curves = {"train": [], "valid": []}
+    path = Path(adapter) / "metrics.jsonl"
+    if not path.is_file():
+        return curves
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("type") == "train" and "loss" in record:
+            curves["train"].append([record["step"], record["loss"]])
+        elif record.get("type") == "valid" and record.get("valid_loss") is not None:
+            curves["valid"].append([record["step"], record["valid_loss"]])
+    return curves
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def verdict(report: dict) -> str:
+    """One line a builder can act on: fine-tuned against the best prompt-only variant, and the forgetting gate."""
+    variants = report["variants"]
+    tuned = variants["fine_tuned"]
+    baseline_name = "few_shot" if "few_shot" in variants else "zero_shot"
+    baseline = variants[baseline_name]
+    label = baseline_name.replace("_", "-")
+    parts = [f"fine-tuned: {tuned['exact_match']:.0%} exact vs {baseline['exact_match']:.0%} {label}"]
+    if "zero_shot" in variants and baseline_name != "zero_shot":
+        parts[0] += f" ({variants['zero_shot']['exact_match']:.0%} zero-shot)"
+    if tuned.get("format_valid") is not None and baseline.get("format_valid") is not None:
+        parts.append(f"format valid {tuned['format_valid']:.0%} vs {baseline['format_valid']:.0%}")
+    shorter = _ratio(baseline["mean_prompt_tokens"], tuned["mean_prompt_tokens"])
+    if shorter:
+        parts.append(f"prompts {shorter:.1f}x shorter")
+    key = (
+        "latency_p50_s" if tuned.get("latency_p50_s") and baseline.get("latency_p50_s") else "batch_seconds_per_answer"
+    )
+    faster = _ratio(baseline.get(key), tuned.get(key))
+    if faster:
+        parts.append(
+            f"{faster:.1f}x {'faster' if faster >= 1 else 'slower'} per answer"
+            + ("" if key == "latency_p50_s" else " (batched)")
+        )
+    line = ", ".join(parts)
+    forgetting = report.get("forgetting")
+    if forgetting:
+        line += f"; forgetting {forgetting['perplexity_change_pct']:+.1f}% perplexity"
+        if forgetting.get("answer_agreement") is not None:
+            line += f", {forgetting['answer_agreement']:.0%} general answers unchanged"
+        if forgetting.get("passed") is not None:
+            gate = forgetting["max_forgetting_pct"]
+            line += f" ({'within' if forgetting['passed'] else 'FAILS'} {gate:g}% gate)"
+    return line
+
+
+def compare(
+    data: str,
+    adapter: str,
+    *,
+    model: str | None = None,
+    shots: int = 0,
+    shots_from: str | None = None,
+    format_regex: str | None = None,
+    json_schema: str | None = None,
+    max_forgetting: float | None = None,
+    limit: int | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 256,
+    latency_samples: int = 8,
+    seed: int = 0,
+    forgetting_windows: int = 32,
+    window_tokens: int = 128,
+    forgetting: bool = True,
+    progress=None,
+) -> dict:
+    """Evaluate base zero-shot, base few-shot and the fine-tuned model on `data`; measure forgetting."""
+    from tuneforge.evaluate.forgetting import measure_forgetting
+    from tuneforge.models import adapter_base_spec, load_model
+
+    say = progress or (lambda message: None)
+    prompts, references, tools = load_eval_set(data)
+    if limit:
+        prompts, references, tools = prompts[:limit], references[:limit], tools[:limit]
+    if shots and not shots_from:
+        raise UserError("--shots needs --shots-from TRAIN.jsonl")
+    chosen_shots = select_shots(shots_from, shots, seed) if shots else []
+    checker = format_checker(references, format_regex, json_schema)
+    adapter_dir = Path(adapter)
+    base_spec = model or (adapter_base_spec(adapter_dir) if (adapter_dir / "adapter_config.json").is_file() else None)
+    say(f"loading base {base_spec or 'default'} and fine-tuned {adapter}")
+    base, tokenizer = load_model(base_spec)
+    tuned, tuned_tokenizer = load_model(model, adapter)
+    options = dict(
+        batch_size=batch_size, max_new_tokens=max_new_tokens, latency_samples=latency_samples, checker=checker
+    )
+    variants = {}
+    say(f"zero-shot on {len(prompts)} examples")
+    variants["zero_shot"] = run_variant(base, tokenizer, prompts, references, tools, **options)
+    if chosen_shots:
+        say(f"{shots}-shot on {len(prompts)} examples")
+        few = [with_shots(p, chosen_shots) for p in prompts]
+        variants["few_shot"] = run_variant(base, tokenizer, few, references, tools, **options)
+    say(f"fine-tuned on {len(prompts)} examples")
+    variants["fine_tuned"] = run_variant(tuned, tuned_tokenizer, prompts, references, tools, **options)
+    report = {
+        "data": str(data),
+        "adapter": str(adapter),
+        "base_model": base_spec or "default",
+        "n": len(prompts),
+        "shots": shots,
+        "shots_from": shots_from,
+        "seed": seed,
+        "variants": variants,
+        "training": read_training_curves(adapter),
+        "forgetting": None,
+    }
+    if forgetting:
+        say("forgetting: perplexity and KL on general text, agreement on general questions")
+        report["forgetting"] = measure_forgetting(
+            base, tuned, tokenizer, n_windows=forgetting_windows, window=window_tokens, max_forgetting=max_forgetting
+        )
+    report["passed"] = report["forgetting"]["passed"] if report["forgetting"] else None
+    report["verdict"] = verdict(report)
+    return report
+
+
+def training_eval(model, tokenizer, config) -> dict:
+    """The end-of-training checks `tuneforge train` writes into summary.json: "eval" and "forgetting".
+
+    The trained model is evaluated in place; the base for forgetting is the same model with its LoRA
+    adapter switched off (a full fine-tune reloads the base).
+    """
+    from tuneforge.evaluate.forgetting import AdapterDisabled, eval_mode, measure_forgetting
+    from tuneforge.evaluate.run import evaluate
+
+    results = {}
+    with eval_mode(model):
+        if config.eval_data:
+            result = evaluate(model, tokenizer, config.eval_data)
+            result.pop("examples")
+            results["eval"] = result
+        if config.max_forgetting is not None:
+            if hasattr(model, "disable_adapter"):
+                base = AdapterDisabled(model)
+            else:
+                from tuneforge.models import load_model
+
+                base, _ = load_model(config.model, device=str(next(model.parameters()).device))
+            results["forgetting"] = measure_forgetting(base, model, tokenizer, max_forgetting=config.max_forgetting)
+            results["forgetting"].pop("answers", None)
+    return results

@@ -1,0 +1,227 @@
+"""Write a compare report to a folder: report.json, PNG plots and a self-contained report.html.
+
+    tuneforge compare --data test.jsonl --adapter runs/demo --output runs/demo/report
+
+The HTML inlines every plot as a base64 data URI, so the single file opens offline anywhere; the PNGs are
+written next to it as well for slides and issues.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from tuneforge.errors import UserError
+
+LABELS = {"zero_shot": "base zero-shot", "few_shot": "base few-shot", "fine_tuned": "fine-tuned"}
+COLORS = {"zero_shot": "#9aa5b1", "few_shot": "#5b8def", "fine_tuned": "#2bb673"}
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError("plots need matplotlib: pip install 'tuneforge[report]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss_curves(training: dict, path: Path) -> Path | None:
+    if not training.get("train") and not training.get("valid"):
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    if training.get("train"):
+        steps, losses = zip(*training["train"], strict=True)
+        ax.plot(steps, losses, label="train loss", color="#5b8def")
+    if training.get("valid"):
+        steps, losses = zip(*training["valid"], strict=True)
+        ax.plot(steps, losses, "o-", label="validation loss", color="#e8743b")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats / token)")
+    ax.set_title("Training and validation loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_variants(variants: dict, path: Path) -> Path:
+    plt = _pyplot()
+    names = list(variants)
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.4), dpi=100)
+    panels = [
+        ("accuracy", lambda v: 100 * v["exact_match"], "exact match (%)"),
+        ("prompt", lambda v: v["mean_prompt_tokens"], "mean prompt tokens"),
+        (
+            "latency",
+            lambda v: v["latency_p50_s"] if v.get("latency_p50_s") is not None else v["batch_seconds_per_answer"],
+            "seconds per answer (p50)",
+        ),
+    ]
+    for ax, (_, value, title) in zip(axes, panels, strict=True):
+        values = [value(variants[n]) for n in names]
+        bars = ax.bar([LABELS.get(n, n) for n in names], values, color=[COLORS.get(n, "#888") for n in names])
+        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.margins(y=0.15)
+    if all(variants[n].get("format_valid") is not None for n in names):
+        axes[0].plot(
+            range(len(names)),
+            [100 * variants[n]["format_valid"] for n in names],
+            "k_",
+            markersize=24,
+            label="format valid",
+        )
+        axes[0].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_forgetting(forgetting: dict, path: Path) -> Path:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.4), dpi=100)
+    ppl = axes[0].bar(
+        ["base", "fine-tuned"],
+        [forgetting["base_perplexity"], forgetting["tuned_perplexity"]],
+        color=[COLORS["zero_shot"], COLORS["fine_tuned"]],
+    )
+    axes[0].bar_label(ppl, fmt="%.2f", fontsize=8)
+    axes[0].set_title(f"general-text perplexity ({forgetting['perplexity_change_pct']:+.1f}%)", fontsize=10)
+    if forgetting.get("max_forgetting_pct") is not None:
+        axes[0].axhline(
+            forgetting["base_perplexity"] * (1 + forgetting["max_forgetting_pct"] / 100),
+            color="#d33",
+            linestyle="--",
+            label=f"gate +{forgetting['max_forgetting_pct']:g}%",
+        )
+        axes[0].legend(fontsize=7, loc="lower right")
+    kl = axes[1].bar(["KL(base||tuned)"], [forgetting["mean_kl"]], color="#e8743b")
+    axes[1].bar_label(kl, fmt="%.4f", fontsize=8)
+    axes[1].set_title("mean next-token KL (nats)", fontsize=10)
+    agreement = forgetting.get("answer_agreement")
+    if agreement is not None:
+        bars = axes[2].bar(["same", "changed"], [100 * agreement, 100 * (1 - agreement)], color=["#2bb673", "#d33"])
+        axes[2].bar_label(bars, fmt="%.0f%%", fontsize=8)
+        axes[2].set_ylim(0, 110)
+    axes[2].set_title("general answers vs base (%)", fontsize=10)
+    for ax in axes:
+        ax.margins(y=0.15)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _fmt(value, kind: str = "") -> str:
+    if value is None:
+        return "–"
+    if kind == "pct":
+        return f"{100 * value:.1f}%"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def render_html(report: dict, images: dict[str, Path]) -> str:
+    esc = html.escape
+    rows = [
+        ("exact match", "exact_match", "pct"),
+        ("JSON match", "json_match", "pct"),
+        ("format valid", "format_valid", "pct"),
+        ("mean prompt tokens", "mean_prompt_tokens", ""),
+        ("mean answer tokens", "mean_completion_tokens", ""),
+        ("latency p50 (s, 1 request)", "latency_p50_s", ""),
+        ("latency p95 (s, 1 request)", "latency_p95_s", ""),
+        ("batch latency p50 (s)", "batch_latency_p50_s", ""),
+        ("batch latency p95 (s)", "batch_latency_p95_s", ""),
+        ("batch wall time per answer (s)", "batch_seconds_per_answer", ""),
+        ("generated tokens/s (batched)", "generated_tokens_per_second", ""),
+    ]
+    variants = report["variants"]
+    head = "".join(f"<th>{esc(LABELS.get(n, n))}</th>" for n in variants)
+    body = "".join(
+        f"<tr><td>{label}</td>" + "".join(f"<td>{_fmt(v.get(key), kind)}</td>" for v in variants.values()) + "</tr>"
+        for label, key, kind in rows
+        if any(v.get(key) is not None for v in variants.values())
+    )
+    figures = "".join(
+        f'<figure><img alt="{esc(name)}" src="{_data_uri(path)}"><figcaption>{esc(name)}</figcaption></figure>'
+        for name, path in images.items()
+    )
+    forgetting = report.get("forgetting") or {}
+    forgetting_rows = "".join(
+        f"<tr><td>{esc(k)}</td><td>{_fmt(forgetting.get(k))}</td></tr>"
+        for k in (
+            "base_perplexity",
+            "tuned_perplexity",
+            "perplexity_change_pct",
+            "mean_kl",
+            "answer_agreement",
+            "n_tokens",
+            "max_forgetting_pct",
+            "passed",
+        )
+        if k in forgetting
+    )
+    corpus = forgetting.get("corpus", {})
+    examples = variants["fine_tuned"]["examples"][:10]
+    example_rows = "".join(
+        "<tr>"
+        + "".join(f"<td><code>{esc(str(v)[:160])}</code></td>" for v in (e["prompt"], e["reference"], e["prediction"]))
+        + "</tr>"
+        for e in examples
+    )
+    status = {True: "passed", False: "FAILED", None: "not gated"}[report.get("passed")]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>tuneforge compare report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
+td:first-child {{ text-align: left; }} .verdict {{ font-size: 1.15em; background: #f3f7ff; padding: 0.8em; border-left: 4px solid #5b8def; }}
+img {{ max-width: 100%; }} figure {{ margin: 1em 0; }} code {{ font-size: 0.85em; }}
+</style></head><body>
+<h1>Zero-shot vs few-shot vs fine-tuned</h1>
+<p class="verdict" id="verdict">{esc(report["verdict"])}</p>
+<p>Test set <code>{esc(report["data"])}</code> ({report["n"]} examples), adapter <code>{esc(report["adapter"])}</code>,
+base <code>{esc(report["base_model"])}</code>, {report["shots"]} shots. Forgetting gate: <b>{status}</b>.</p>
+<h2>Task results</h2><table><tr><th></th>{head}</tr>{body}</table>
+<p>Latency: "1 request" is the wall time of answering one prompt alone (batch size 1) over the first
+few test prompts; "batch latency" is the wall time of the batch an answer was generated in (when it
+becomes available); "batch wall time per answer" is total batched time divided by the number of answers.</p>
+<h2>Forgetting</h2><p>General text: <code>{esc(corpus.get("name", "–"))}</code> (Python {esc(corpus.get("python", "–"))},
+sha256 {esc(corpus.get("sha256", "–")[:16])}…).</p><table>{forgetting_rows}</table>
+<h2>Plots</h2>{figures}
+<h2>Fine-tuned answers (first 10)</h2><table><tr><th>prompt</th><th>reference</th><th>prediction</th></tr>{example_rows}</table>
+</body></html>
+"""
+
+
+def write_report(report: dict, output: str | Path) -> dict[str, Path]:
+    """Write report.json, the PNG plots and report.html into `output`; returns the paths written."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    images: dict[str, Path] = {}
+    loss = plot_loss_curves(report.get("training") or {}, output / "loss_curves.png")
+    if loss:
+        images["training and validation loss"] = loss
+    images["variants"] = plot_variants(report["variants"], output / "variants.png")
+    if report.get("forgetting"):
+        images["forgetting"] = plot_forgetting(report["forgetting"], output / "forgetting.png")
+    report["plots"] = [p.name for p in images.values()]
+    (output / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (output / "report.html").write_text(render_html(report, images))
+    return {"json": output / "report.json", "html": output / "report.html", **{p.stem: p for p in images.values()}}
