@@ -85,6 +85,10 @@ def train_config_from_args(args):
 
 def run_train(args) -> int:
     config = train_config_from_args(args)
+    if config.method in ("sft", "dpo", "reward"):  # grpo takes prompt-only rows
+        from tuneforge.data.validate import check_training_files
+
+        check_training_files(config)  # refuse an invalid file with validate's messages, before the model loads
     recipe = importlib.import_module(f"tuneforge.recipes.{config.method}")
     summary = recipe.train(config)
     print(json.dumps({k: summary[k] for k in ("status", "output", "steps", "trained_tokens", "tokens_per_second",

@@ -489,6 +489,10 @@ def check_training_files(config) -> None:
             report.findings = [f for f in report.findings if f.code != "too_few_examples"]
         if not report.ok:
             raise UserError(summarise_errors(report, path), path=str(path), code="invalid_file")
+        n_warnings = sum(n for code, n in report.counts.items() if CODES[code][0] == "warning")
+        if n_warnings:
+            print(f"tuneforge: {path}: {n_warnings} warning(s) ({', '.join(sorted(report.counts))}); "
+                  f"see `tuneforge validate {path}`", file=sys.stderr)
 
 
 def summarise_errors(report: ValidationReport, path, limit: int = 5) -> str:
@@ -503,14 +507,19 @@ def summarise_errors(report: ValidationReport, path, limit: int = 5) -> str:
 
 
 def estimate_training(report: ValidationReport, model_spec: str, epochs: float | None = None, batch_size: int = 8,
-                      calibration_steps: int = 2) -> dict:
+                      calibration_tokens: int = 256, calibration_steps: int = 2) -> dict:
     """Time and peak memory for the run, from real forward+backward+optimizer steps on the actual model.
 
-    The calibration micro-batch is built from the longest examples (what sets peak memory); seconds per
-    token come from the last, warm step and are scaled to every token of every epoch.
+    Calibration stays short: one micro-batch of the longest examples, at most `calibration_tokens` tokens
+    (at least one example), run twice; seconds per token come from the second, warm step and are scaled
+    to every token of every epoch. Peak memory = resident memory before the steps + the measured growth
+    per token, scaled to the largest micro-batch training will run (batch_size x longest example, capped
+    at micro_batch_tokens). Both are linear extrapolations: attention cost grows faster than linearly
+    with length, so very long examples make the time an underestimate.
     """
     import resource
 
+    import psutil
     import torch
 
     from tuneforge.config import build_config
@@ -529,12 +538,15 @@ def estimate_training(report: ValidationReport, model_spec: str, epochs: float |
     optimizer = make_optimizer(model, config)
     batch_examples, tokens = [], 0
     for length, _line, example in sorted(report.longest, key=lambda item: -item[0]):
-        if len(batch_examples) >= batch_size or (batch_examples and tokens + length > config.micro_batch_tokens):
+        if batch_examples and (len(batch_examples) >= batch_size or tokens + length > calibration_tokens):
             break
         batch_examples.append(example)
         tokens += length
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+        base_mb = torch.cuda.memory_allocated() / 2**20
+    else:
+        base_mb = psutil.Process().memory_info().rss / 2**20
     step_seconds = []
     for _ in range(calibration_steps):
         begin = time.perf_counter()
@@ -546,14 +558,17 @@ def estimate_training(report: ValidationReport, model_spec: str, epochs: float |
         if device == "cuda":
             torch.cuda.synchronize()
         step_seconds.append(time.perf_counter() - begin)
+    if device == "cuda":
+        peak_mb, kind = torch.cuda.max_memory_allocated() / 2**20, "cuda max_memory_allocated"
+    else:
+        peak_mb, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "resident memory (RSS)"
+    longest = max(report.lengths) if report.lengths else tokens
+    train_micro_tokens = min(batch_size * min(longest, report.max_length), config.micro_batch_tokens)
+    per_token_mb = max(0.0, peak_mb - base_mb) / tokens
     seconds_per_token = step_seconds[-1] / tokens
     # DPO: policy forward+backward on both answers (counted in n_tokens) plus a no-grad reference forward.
     method_factor = 4 / 3 if report.method == "dpo" else 1.0
     train_tokens = report.n_tokens * epochs
-    if device == "cuda":
-        peak_mb, peak_kind = torch.cuda.max_memory_allocated() / 2**20, "cuda max_memory_allocated"
-    else:
-        peak_mb, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak RSS of the process"
     return {
         "model": model_spec,
         "device": device,
@@ -567,6 +582,8 @@ def estimate_training(report: ValidationReport, model_spec: str, epochs: float |
         "seconds_per_token": round(seconds_per_token, 6),
         "train_tokens": train_tokens,
         "train_seconds": round(train_tokens * seconds_per_token * method_factor, 1),
-        "peak_memory_mb": round(peak_mb, 1),
-        "peak_memory_kind": peak_kind,
+        "calibration_peak_memory_mb": round(peak_mb, 1),
+        "peak_memory_mb": round(max(peak_mb, base_mb + per_token_mb * train_micro_tokens), 1),
+        "peak_memory_kind": kind,
+        "peak_memory_micro_batch_tokens": train_micro_tokens,
     }
