@@ -4,7 +4,7 @@ Three measurements of drift between the base model and the fine-tuned one, all o
 
 - perplexity change (%) on general English prose: the text of Python's own reference manual topics
   (`pydoc_data/topics.py`, shipped with every CPython; the corpus name, Python version and a SHA-256 of
-  the text are recorded with every result). Topics are sorted by name; even-numbered topics are the
+  the text are recorded with every result). Distinct topic texts in name order; even-numbered ones are the
   *measurement* split, odd-numbered topics the *replay* split (`--replay builtin:pydoc`), so replay never
   trains on the text that forgetting is measured on. A fixed budget of windows (default 32 x 128 tokens)
   is taken at evenly spaced offsets.
@@ -33,9 +33,9 @@ def general_corpus(split: str = "eval") -> dict:
     """{"name", "python", "sha256", "texts"}: the topics of one split of pydoc_data.topics, sorted by name."""
     from pydoc_data.topics import topics
 
-    names = sorted(topics)
+    unique = list(dict.fromkeys(topics[name] for name in sorted(topics)))  # some topic names share one text
     keep = 0 if split == "eval" else 1
-    texts = [topics[name] for i, name in enumerate(names) if i % 2 == keep]
+    texts = [text for i, text in enumerate(unique) if i % 2 == keep]
     digest = hashlib.sha256("\n\n".join(texts).encode()).hexdigest()
     return {"name": f"pydoc_data.topics[{split}]", "python": sys.version.split()[0], "sha256": digest, "texts": texts}
 
