@@ -71,6 +71,11 @@ class TrainConfig:
     clip_epsilon: float = 0.2
     temperature: float = 1.0
     policy_updates: int = 1  # optimizer steps per batch of sampled completions (clipping matters when > 1)
+    # Forgetting: replay general data, stop early, gate on general-text perplexity (see tuneforge.evaluate.forgetting).
+    replay: str | None = None  # JSONL/text file or builtin:pydoc
+    replay_ratio: float = 0.0  # replay examples per training example
+    max_forgetting: float | None = None  # % perplexity rise on general text that fails the run's gate
+    early_stopping_patience: int | None = None  # stop after N validation passes without a new best
 
     def resolved_learning_rate(self) -> float:
         if self.learning_rate is not None:
@@ -157,6 +162,9 @@ def _check_ranges(config: TrainConfig, problems: list[str]) -> None:
     require(config.policy_updates >= 1, "policy_updates: must be >= 1")
     require(config.method != "grpo" or bool(config.reward) != bool(config.reward_model),
             "grpo needs exactly one of --reward (function) or --reward-model (directory)")
+    require(config.replay_ratio >= 0, "replay_ratio: must be >= 0")
+    require(config.replay_ratio == 0 or bool(config.replay), "replay_ratio: needs --replay FILE (or builtin:pydoc)")
+    require(config.early_stopping_patience is None or config.early_stopping_patience >= 1, "early_stopping_patience: must be >= 1")
     require(bool(config.data), "data: a training file is required (--data FILE)")
 
 

@@ -1,0 +1,104 @@
+"""Replay general data during fine-tuning to limit forgetting:
+
+    tuneforge train --data train.jsonl --replay general.jsonl --replay-ratio 0.25
+    tuneforge train --data train.jsonl --replay builtin:pydoc --replay-ratio 0.25
+
+A replay file holds chat rows (the same formats as --data; trained like any example) and/or plain-text
+lines (a line that is not a JSON object), which become language-modelling examples: every token is
+trained, no chat template. `builtin:pydoc` is the replay half of Python's own reference-manual topics
+(`pydoc_data.topics`), disjoint from the half `tuneforge compare` measures forgetting on.
+
+`--replay-ratio R` adds round(R x number of training examples) replay examples, drawn by seed (cycling
+through the file when it is shorter), so R = 0.25 makes replay one fifth of the mixed data.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from tuneforge.data.formats import Conversation, row_to_conversation
+from tuneforge.data.tokenize import TokenizedExample, tokenize_conversation
+from tuneforge.errors import UserError
+
+BUILTIN_PYDOC = "builtin:pydoc"
+PARAGRAPH_CHARS = 600  # builtin text is cut into paragraphs about this long: ~150 tokens per example
+
+
+def _pydoc_paragraphs() -> list[str]:
+    from tuneforge.evaluate.forgetting import general_corpus
+
+    paragraphs = []
+    for text in general_corpus("replay")["texts"]:
+        current = ""
+        for block in text.split("\n\n"):
+            current = f"{current}\n\n{block}" if current else block
+            if len(current) >= PARAGRAPH_CHARS:
+                paragraphs.append(current.strip())
+                current = ""
+        if current.strip():
+            paragraphs.append(current.strip())
+    return paragraphs
+
+
+def load_replay_rows(source: str) -> list[Conversation | str]:
+    """Conversations (chat rows) and plain strings (text lines) from a replay file or `builtin:pydoc`."""
+    if source == BUILTIN_PYDOC:
+        return _pydoc_paragraphs()
+    path = Path(source)
+    if not path.is_file():
+        raise UserError("replay file not found (give a JSONL/text file or builtin:pydoc)", path=source)
+    rows: list[Conversation | str] = []
+    for line_number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            row = None
+        rows.append(row_to_conversation(row, source, line_number) if isinstance(row, dict) else raw.strip())
+    if not rows:
+        raise UserError("no replay rows in file", path=source)
+    return rows
+
+
+def sample_replay(rows: list, n_train: int, ratio: float, seed: int) -> list:
+    """round(ratio * n_train) rows in a seeded order, cycling when the pool is smaller than that."""
+    wanted = round(ratio * n_train)
+    if wanted <= 0 or not rows:
+        return []
+    picked = []
+    rng = random.Random(seed)
+    while len(picked) < wanted:
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        picked.extend(rows[i] for i in order[: wanted - len(picked)])
+    return picked
+
+
+def text_example(tokenizer, text: str, max_length: int) -> TokenizedExample:
+    """A plain-text language-modelling example: every token trained, cut to max_length."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    if getattr(tokenizer, "add_bos_token", False) and bos is not None:
+        ids = [bos, *ids]
+    ids = ids[:max_length]
+    return TokenizedExample(input_ids=ids, labels=list(ids), truncated_tokens=0)
+
+
+def replay_examples(
+    tokenizer, source: str | None, ratio: float, n_train: int, seed: int, max_length: int
+) -> list[TokenizedExample]:
+    """The tokenized replay examples to append to the training examples (none when no source or ratio 0)."""
+    if not source or ratio <= 0:
+        return []
+    examples = []
+    for row in sample_replay(load_replay_rows(source), n_train, ratio, seed):
+        if isinstance(row, str):
+            example = text_example(tokenizer, row, max_length)
+        else:
+            example = tokenize_conversation(tokenizer, row.messages, row.tools, max_length)
+        if example.n_trained > 1:
+            examples.append(example)
+    return examples
