@@ -24,6 +24,7 @@ from tuneforge.checkpoint import complete_checkpoints, load_checkpoint, save_che
 from tuneforge.config import TrainConfig
 from tuneforge.data.batching import collate, count_trained_targets, plan_epoch, split_micro_batches
 from tuneforge.data.formats import Conversation, load_conversations
+from tuneforge.data.replay import replay_examples
 from tuneforge.data.tokenize import TokenizedExample, tokenize_conversation
 from tuneforge.errors import UserError
 from tuneforge.losses import linear_cross_entropy_sum, shifted_trained_positions
@@ -105,6 +106,8 @@ def train(config: TrainConfig) -> dict:
     seed_everything(config.seed)
     model, tokenizer, device, dtype = build_model(config)
     train_examples = tokenize_all(tokenizer, conversations, config.max_length, train_path)
+    replay = replay_examples(tokenizer, config.replay, config.replay_ratio, len(train_examples), config.seed, config.max_length)
+    train_examples += replay
     valid_examples = tokenize_all(tokenizer, valid_conversations, config.max_length, config.validation_data or train_path)
     pad_id = tokenizer.pad_token_id
     lengths = [len(e.input_ids) for e in train_examples]
@@ -138,6 +141,7 @@ def train(config: TrainConfig) -> dict:
     throughput = Throughput()
     recent_losses: list[float] = []
     valid_loss = None
+    best_valid, evals_since_best = math.inf, 0  # early stopping on validation loss
     step = progress["step"]
     status = "completed"
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True)
@@ -195,6 +199,9 @@ def train(config: TrainConfig) -> dict:
                 if valid_examples and (step % eval_every == 0 or step == total_steps):
                     valid_loss = validation_loss(model, valid_examples, config, device, dtype)
                     metrics.write({"type": "valid", "step": step, "valid_loss": round(valid_loss, 6)})
+                    best_valid, evals_since_best = (valid_loss, 0) if valid_loss < best_valid else (best_valid, evals_since_best + 1)
+                    if config.early_stopping_patience and evals_since_best >= config.early_stopping_patience:
+                        status = "early_stopped"
                 if config.save_every and (step % config.save_every == 0 or stop.requested) and step < total_steps:
                     progress["train_seconds"] = progress.get("train_seconds", 0.0) + throughput.seconds
                     path = save_checkpoint(output, step, model, optimizer, progress, config.keep_checkpoints)
@@ -203,8 +210,9 @@ def train(config: TrainConfig) -> dict:
                                    "valid_loss": valid_loss})
                 if stop.requested:
                     status = "stopped"
+                if status != "completed":
                     break
-            if status == "stopped":
+            if status != "completed":
                 break
             epoch += 1
             skip = 0
@@ -220,6 +228,7 @@ def train(config: TrainConfig) -> dict:
         "output": str(output),
         "n_examples": len(train_examples),
         "n_validation_examples": len(valid_examples),
+        "n_replay_examples": len(replay),
         "steps": step,
         "total_steps": total_steps,
         "epochs": round(step / steps_per_epoch, 4),
@@ -237,6 +246,10 @@ def train(config: TrainConfig) -> dict:
         "resumed_from": str(resumed_from) if resumed_from else None,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if config.eval_data or config.max_forgetting is not None:
+        from tuneforge.evaluate.compare import training_eval
+
+        summary.update(training_eval(model, tokenizer, config))  # "eval" and "forgetting" (with its gate)
     write_summary(output, summary)
     metrics.close()
     return summary

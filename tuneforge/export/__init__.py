@@ -1,0 +1,47 @@
+"""Export a fine-tune for serving: `tuneforge export --adapter DIR --format hf|gguf|ollama --output OUT`.
+
+    merge.py        LoRA -> merged fp32 model (PEFT safe merge), saved as a plain HF folder
+    gguf_writer.py  a merged llama-family model -> one GGUF file (f32/f16/bf16/q8_0) with its tokenizer
+    ollama.py       the GGUF + a Modelfile (Go-template TEMPLATE, SYSTEM, stop tokens)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tuneforge.errors import UserError
+
+
+def export(adapter: str | None, fmt: str, output: str | Path, *, dtype: str | None = None,
+           model: str | None = None) -> list[Path]:
+    """Write `adapter` (merged into its base) in `fmt`; return the files written."""
+    from tuneforge.export.commands import DEFAULT_DTYPE
+    from tuneforge.export.gguf_writer import GGUF_DTYPES, write_gguf
+    from tuneforge.export.merge import HF_DTYPES, merged_model, save_hf
+
+    if fmt not in DEFAULT_DTYPE:
+        raise UserError(f"--format {fmt}: use hf, gguf or ollama")
+    if adapter is None and model is None:
+        raise UserError("export needs --adapter (or --model to export a base model as is)")
+    dtype = dtype or DEFAULT_DTYPE[fmt]
+    allowed = HF_DTYPES if fmt == "hf" else GGUF_DTYPES
+    if dtype not in allowed:  # fail before spending minutes on loading and merging
+        raise UserError(f"--dtype {dtype} is not available for --format {fmt}: use one of {', '.join(allowed)}")
+    output = Path(output).expanduser()
+    merged, tokenizer = merged_model(adapter, model)
+    if fmt == "hf":
+        return save_hf(merged, tokenizer, output, dtype)
+    name = Path(adapter or model).name
+    if fmt == "gguf" and output.suffix == ".gguf":
+        return [write_gguf(merged, tokenizer, output, dtype, name=name)]
+    if fmt == "ollama":
+        from tuneforge.export.ollama import modelfile_text
+
+        modelfile = modelfile_text(tokenizer)  # refuse an untranslatable template before writing anything
+        gguf_path = write_gguf(merged, tokenizer, output / "model.gguf", dtype, name=name)
+        (output / "Modelfile").write_text(modelfile)
+        return [gguf_path, output / "Modelfile"]
+    return [write_gguf(merged, tokenizer, output / "model.gguf", dtype, name=name)]
+
+
+__all__ = ["export"]
