@@ -25,7 +25,8 @@ def merged_model(adapter: str | None, model: str | None = None):
     """(model, tokenizer) in fp32 on the CPU: the adapter merged into its base, a full fine-tune as is,
     or (with no adapter) the base model itself."""
     import torch
-    from tuneforge.models import adapter_base_spec, load_base_model, load_tokenizer, resolve_model, ResolvedModel
+
+    from tuneforge.models import ResolvedModel, adapter_base_spec, load_base_model, load_tokenizer, resolve_model
 
     if adapter is None:
         resolved = resolve_model(model)
