@@ -44,6 +44,9 @@ TRAIN_FLAGS = {
     "eval_data": "eval_data",
     "init_adapter": "init_adapter",
     "beta": "beta",
+    "replay": "replay",
+    "replay_ratio": "replay_ratio",
+    "max_forgetting": "max_forgetting",
     "reward": "reward",
     "reward_model": "reward_model",
 }
@@ -68,6 +71,9 @@ def add_train_command(subparsers) -> None:
     p.add_argument("--eval-data", help="evaluate on this test JSONL after training (results in summary.json)")
     p.add_argument("--init-adapter", help="start from this LoRA adapter (e.g. an SFT run before DPO)")
     p.add_argument("--beta", type=float, help="preference-tuning temperature (dpo)")
+    p.add_argument("--replay", help="general data mixed into training against forgetting (JSONL/text or builtin:pydoc)")
+    p.add_argument("--replay-ratio", type=float, help="replay examples per training example (e.g. 0.25)")
+    p.add_argument("--max-forgetting", type=float, help="fail (exit 1) if general-text perplexity rises more than PCT%%")
     p.add_argument("--reward", help="grpo reward: exact_match, json_format, json_fields or module:function")
     p.add_argument("--reward-model", help="grpo reward: a directory written by --method reward")
     p.add_argument("--config", help="YAML file of config keys")
@@ -92,8 +98,8 @@ def run_train(args) -> int:
     recipe = importlib.import_module(f"tuneforge.recipes.{config.method}")
     summary = recipe.train(config)
     print(json.dumps({k: summary[k] for k in ("status", "output", "steps", "trained_tokens", "tokens_per_second",
-                                                "final_train_loss", "final_valid_loss") if k in summary}))
-    return 0
+                                                "final_train_loss", "final_valid_loss", "eval", "forgetting") if k in summary}))
+    return 1 if (summary.get("forgetting") or {}).get("passed") is False else 0
 
 
 def add_generate_command(subparsers) -> None:

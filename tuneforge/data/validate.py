@@ -172,7 +172,7 @@ def check_messages(messages: Any, label: str = "messages", need_trained_turn: bo
                     elif len(text.strip()) < SHORT_ANSWER_CHARS:
                         problems.append(("short_answer", f"{where} is a trained answer of {len(text.strip())} characters"))
         previous_role, previous_called = role, bool(calls)
-    if need_trained_turn and not trained:
+    if need_trained_turn and not trained and not any(code == "bad_weight" for code, _ in problems):
         problems.append(("no_trained_turn", f"no assistant message with weight 1 in '{label}': nothing to train on"))
     return problems
 
@@ -269,7 +269,7 @@ class ValidationReport:
     lengths: array = field(default_factory=lambda: array("l"))
     findings: list[Finding] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
-    longest: list = field(default_factory=list)  # heap of (length, line, TokenizedExample) for calibration
+    longest: list = field(default_factory=list)  # heap of (length, line, id, TokenizedExample) for calibration
     estimate: dict | None = None
     max_length: int = 2048
     tokenized: bool = False
@@ -437,7 +437,7 @@ def _check_one(report, line, row, method, tokenizer, eot_ids, max_length, answer
 
 
 def _keep_longest(report, line, example: TokenizedExample, max_length: int, keep: int = 16) -> None:
-    item = (min(len(example.input_ids), max_length), line,
+    item = (min(len(example.input_ids), max_length), line, id(example),
             TokenizedExample(example.input_ids[:max_length], example.labels[:max_length]))
     if len(report.longest) < keep:
         heapq.heappush(report.longest, item)
@@ -537,7 +537,7 @@ def estimate_training(report: ValidationReport, model_spec: str, epochs: float |
     load_seconds = time.perf_counter() - started
     optimizer = make_optimizer(model, config)
     batch_examples, tokens = [], 0
-    for length, _line, example in sorted(report.longest, key=lambda item: -item[0]):
+    for length, _line, _id, example in sorted(report.longest, key=lambda item: -item[0]):
         if batch_examples and (len(batch_examples) >= batch_size or tokens + length > calibration_tokens):
             break
         batch_examples.append(example)
