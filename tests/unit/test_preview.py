@@ -1,0 +1,41 @@
+"""`tuneforge preview`: the rendered template token by token, trained tokens marked (ANSI, ⟦…⟧ or HTML)."""
+
+from __future__ import annotations
+
+from tests.conftest import write_jsonl
+from tuneforge.cli import main
+from tuneforge.data.preview import format_html, format_text, preview_examples
+
+ROWS = [{"messages": [{"role": "system", "content": "you are helpful"}, {"role": "user", "content": "what is a"},
+                      {"role": "assistant", "content": "b"}]},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "no", "weight": 0},
+                      {"role": "user", "content": "please"}, {"role": "assistant", "content": "yes"}]}]
+
+
+def test_only_answers_and_end_of_turn_are_marked(tmp_path, tiny_tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    first, second = preview_examples(path, tiny_tokenizer, n=2)
+    assert first.n_trained == 2  # "b" and <|im_end|>
+    text = format_text(first, color=False)
+    assert "⟦b<|im_end|>⟧" in text and text.count("⟦") == 1
+    assert "<|im_start|>assistant↵" in text  # the prompt the model answers after is visible, untrained
+    second_text = format_text(second, color=False)
+    assert second_text.count("⟦") == 1 and "⟦yes<|im_end|>⟧" in second_text  # weight 0 turn not trained
+    assert "|" in format_text(first, color=False, show_boundaries=True).replace("<|im_start|>", "").replace("<|im_end|>", "")
+
+
+def test_ansi_and_html(tmp_path, tiny_tokenizer):
+    (example,) = preview_examples(write_jsonl(tmp_path / "d.jsonl", ROWS[:1]), tiny_tokenizer, n=1)
+    coloured = format_text(example, color=True)
+    assert "\x1b[30;4" in coloured and "⟦" not in coloured
+    page = format_html([example], "d.jsonl", "tiny")
+    assert page.count('class="t y" title=') == 2 and page.startswith("<!doctype html>") and "<script" not in page
+
+
+def test_preview_command(tmp_path, tiny_model_dir, capsys):
+    path = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    out_html = tmp_path / "p.html"
+    assert main(["preview", str(path), "--n", "1", "--model", str(tiny_model_dir), "--html", str(out_html)]) == 0
+    out = capsys.readouterr().out
+    assert "line 1: " in out and "⟦b<|im_end|>⟧" in out and "line 2" not in out
+    assert 'class="t y"' in out_html.read_text()
