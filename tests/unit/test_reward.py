@@ -1,0 +1,58 @@
+"""The reward-model recipe end to end on a tiny random Llama: files, accuracy rises, what changed, loader."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import write_jsonl
+from tuneforge.config import build_config
+from tuneforge.recipes.reward import load_reward_model, train
+
+LETTERS = "abcdefghijklmnopqrstuvwxy"
+
+
+def rows(n=40):
+    """Prefer answering 'yes' over 'no' (same length, so length alone cannot separate them)."""
+    return [{"prompt": f"what is {LETTERS[i % 25]}", "chosen": f"yes {LETTERS[(i + 3) % 25]}",
+             "rejected": f"no {LETTERS[(i + 3) % 25]}"} for i in range(n)]
+
+
+def test_reward_model_learns_pairs_and_loads_as_a_reward_function(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "prefs.jsonl", rows())
+    out = tmp_path / "rm"
+    config = build_config({"data": str(data), "model": str(tiny_model_dir), "output": str(out), "method": "reward",
+                           "epochs": 2, "batch_size": 8, "learning_rate": 1e-2, "validation_split": 0.2})
+    summary = train(config)
+    for name in ("adapter_config.json", "adapter_model.safetensors", "value_head.safetensors", "reward_config.json",
+                 "metrics.jsonl", "summary.json"):
+        assert (out / name).is_file(), name
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["type"] == "train"]
+    assert train_records[-1]["loss"] < train_records[0]["loss"]
+    assert summary["pairwise_accuracy"] >= 0.9 and summary["method"] == "reward"
+    for key in ("trained_tokens", "train_seconds", "tokens_per_second", "final_train_loss", "final_valid_loss"):
+        assert summary[key] is not None, key
+
+    # Exactly the LoRA matrices and the value head were trained; the base weights are untouched.
+    adapter = load_file(str(out / "adapter_model.safetensors"))
+    assert adapter and all("lora_" in k for k in adapter)
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
+    assert set(load_file(str(out / "value_head.safetensors"))) == {"weight", "bias"}
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out)
+    for name, value in peft_model.get_base_model().state_dict().items():
+        if "lora_" not in name:
+            assert torch.equal(value, original[name.replace(".base_layer", "")]), name
+
+    rm = load_reward_model(out)
+    prompt = [{"role": "user", "content": "what is a"}]
+    good, bad = rm(prompt, "yes d"), rm(prompt, "no d")
+    assert good > bad
+    batched = rm.batch([prompt, prompt], ["yes d", "no d"], [None, None])
+    assert torch.allclose(torch.tensor(batched), torch.tensor([good, bad]), atol=1e-5)
