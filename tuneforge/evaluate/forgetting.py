@@ -16,6 +16,7 @@ Three measurements of drift between the base model and the fine-tuned one, all o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -168,12 +169,18 @@ class AdapterDisabled:
         self._model = peft_model
         self.config = peft_model.config
 
+        def forward(*args, **kwargs):
+            with peft_model.disable_adapter():
+                return peft_model(*args, **kwargs)
+
+        # Callers that inspect the signature (e.g. which cache argument it takes) see the real model's.
+        self.forward = functools.update_wrapper(forward, peft_model.get_base_model().forward)
+
     def parameters(self):
         return self._model.parameters()
 
     def __call__(self, *args, **kwargs):
-        with self._model.disable_adapter():
-            return self._model(*args, **kwargs)
+        return self.forward(*args, **kwargs)
 
 
 @contextmanager
