@@ -80,7 +80,7 @@ def plot_variants(variants: dict, path: Path) -> Path:
             markersize=24,
             label="format valid",
         )
-        axes[0].legend(fontsize=7, loc="lower right")
+        axes[0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -192,7 +192,7 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }}
 table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
 td:first-child {{ text-align: left; }} .verdict {{ font-size: 1.15em; background: #f3f7ff; padding: 0.8em; border-left: 4px solid #5b8def; }}
-img {{ max-width: 100%; }} figure {{ margin: 1em 0; }} code {{ font-size: 0.85em; }}
+img {{ max-width: 100%; }} table.examples td {{ text-align: left; }} figure {{ margin: 1em 0; }} code {{ font-size: 0.85em; }}
 </style></head><body>
 <h1>Zero-shot vs few-shot vs fine-tuned</h1>
 <p class="verdict" id="verdict">{esc(report["verdict"])}</p>
@@ -205,7 +205,7 @@ becomes available); "batch wall time per answer" is total batched time divided b
 <h2>Forgetting</h2><p>General text: <code>{esc(corpus.get("name", "–"))}</code> (Python {esc(corpus.get("python", "–"))},
 sha256 {esc(corpus.get("sha256", "–")[:16])}…).</p><table>{forgetting_rows}</table>
 <h2>Plots</h2>{figures}
-<h2>Fine-tuned answers (first 10)</h2><table><tr><th>prompt</th><th>reference</th><th>prediction</th></tr>{example_rows}</table>
+<h2>Fine-tuned answers (first 10)</h2><table class="examples"><tr><th>prompt</th><th>reference</th><th>prediction</th></tr>{example_rows}</table>
 </body></html>
 """
 
