@@ -7,6 +7,7 @@ together in one UserError, before any model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,8 +92,8 @@ FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 
 def _coerce(name: str, value: Any, problems: list[str]) -> Any:
     declared = typing.get_type_hints(TrainConfig)[name]
-    optional = type(None) in typing.get_args(declared)
-    base = next((a for a in typing.get_args(declared) if a is not type(None)), declared)
+    optional = typing.get_origin(declared) in (typing.Union, types.UnionType) and type(None) in typing.get_args(declared)
+    base = next(a for a in typing.get_args(declared) if a is not type(None)) if optional else declared
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
         if optional:
             return None

@@ -12,6 +12,7 @@ string. Greedy by default (temperature 0), which is what evaluation wants.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -53,6 +54,8 @@ def generate_ids(
     outputs = [[] for _ in range(batch_size)]
     reasons = ["length"] * batch_size
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    # transformers 5.x renamed `past_key_values` to `cache`; accept both.
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     past = None
     current_ids, current_positions = input_ids, position_ids
     for _ in range(max_new_tokens):
@@ -60,11 +63,11 @@ def generate_ids(
             input_ids=current_ids,
             attention_mask=attention_mask,
             position_ids=current_positions,
-            past_key_values=past,
             use_cache=True,
             logits_to_keep=1,
+            **{cache_arg: past},
         )
-        past = result.past_key_values
+        past = getattr(result, cache_arg)
         logits = result.logits[:, -1, :].float()
         if temperature and temperature > 0:
             probs = torch.softmax(logits / temperature, dim=-1)
