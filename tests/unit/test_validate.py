@@ -70,6 +70,7 @@ ROW_ERRORS = [
     ({"messages": [msg("user"), {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": {}}}]},
                    msg("tool", tool_call_id="1"), msg("assistant")]}, "bad_tool_calls"),
     ({"prompt": 1, "completion": "x"}, "bad_content"),
+    ('{"messages": [{"role": "user", "content": "\\ud800 hi"}, {"role": "assistant", "content": "yes it is"}]}', "bad_content"),
     (good_pair(99), "wrong_method"),
     ({"prompt": "p", "chosen": "a", "rejected": "b"}, "wrong_method"),
 ]

@@ -11,15 +11,16 @@ from tests.conftest import make_tokenizer
 from tuneforge.data.validate import CODES, validate_file
 
 TOKENIZER = make_tokenizer()
+TEXT = st.text(st.characters(exclude_categories=()), max_size=12)  # lone surrogates included
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=12,
 )
 roles = st.sampled_from(["system", "user", "assistant", "tool", "robot", None, 3])
-contents = st.one_of(st.text(max_size=20), st.none(), st.integers(),
+contents = st.one_of(TEXT, st.none(), st.integers(),
                      st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image"]), "text": st.text(max_size=8)}), max_size=2))
 messages = st.lists(
     st.fixed_dictionaries({"role": roles, "content": contents},
@@ -31,8 +32,8 @@ chat_rows = st.fixed_dictionaries({"messages": messages}, optional={"tools": jso
 dpo_rows = st.fixed_dictionaries({"input": st.one_of(json_values, st.fixed_dictionaries({"messages": messages})),
                                   "preferred_output": st.one_of(messages, json_values),
                                   "non_preferred_output": st.one_of(messages, json_values)})
-pair_rows = st.fixed_dictionaries({"prompt": st.one_of(st.text(max_size=10), messages, json_values),
-                                   "chosen": st.one_of(st.text(max_size=10), json_values), "rejected": json_values})
+pair_rows = st.fixed_dictionaries({"prompt": st.one_of(TEXT, messages, json_values),
+                                   "chosen": st.one_of(TEXT, json_values), "rejected": json_values})
 
 
 def check(tmp_path, data: bytes, method: str, tokenizer=TOKENIZER):

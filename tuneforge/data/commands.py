@@ -96,6 +96,8 @@ def run_validate(args) -> int:
 
 
 def format_report(result: dict) -> str:
+    from tuneforge.data.validate import CODES
+
     lines = [f"{result['path']}: {result['n_examples']} examples ({result['method']})"]
     stats = result["tokens_per_example"]
     if stats:
@@ -118,7 +120,9 @@ def format_report(result: dict) -> str:
     total = sum(result["finding_counts"].values())
     if total > listed:
         lines.append(f"  ({total - listed} more; counts by code: {result['finding_counts']})")
-    lines.append("OK" if result["ok"] else f"INVALID: {sum(1 for _ in result['errors'])}+ errors")
+    n_errors = sum(n for code, n in result["finding_counts"].items() if CODES[code][0] == "error")
+    n_warnings = total - n_errors
+    lines.append(f"OK ({n_warnings} warnings)" if result["ok"] else f"INVALID: {n_errors} errors, {n_warnings} warnings")
     return "\n".join(lines)
 
 

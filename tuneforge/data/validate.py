@@ -158,6 +158,8 @@ def check_messages(messages: Any, label: str = "messages", need_trained_turn: bo
         calls = message.get("tool_calls") if role == "assistant" else None
         if text is None and not (calls and content is None):
             problems.append(("bad_content", f"{where}.content must be a string or a list of text parts, got {_short(content)}"))
+        elif text is not None and not _encodable(text):
+            problems.append(("bad_content", f"{where}.content holds invalid Unicode (a lone surrogate escape)"))
         if calls is not None:
             problems.extend(_check_tool_calls(calls, index))
         if role == "assistant":
@@ -203,8 +205,11 @@ def check_row(row: Any, method: str = "sft") -> list[tuple[str, str]]:
         if kind == "pairs":
             prompt = row["prompt"]
             problems = [] if isinstance(prompt, str) else check_messages(prompt, "prompt", need_trained_turn=False)
-            if content_text(row["chosen"]) is None or content_text(row["rejected"]) is None:
+            chosen, rejected = content_text(row["chosen"]), content_text(row["rejected"])
+            if chosen is None or rejected is None:
                 problems.append(("bad_dpo_row", "'chosen' and 'rejected' must be strings"))
+            elif not _encodable(chosen + rejected + (prompt if isinstance(prompt, str) else "")):
+                problems.append(("bad_content", "'prompt', 'chosen' or 'rejected' holds invalid Unicode"))
             return problems
         return [("bad_dpo_row", "not a preference row: expected OpenAI DPO ('input', 'preferred_output', "
                  "'non_preferred_output') or 'prompt'/'chosen'/'rejected'")]
@@ -216,10 +221,20 @@ def check_row(row: Any, method: str = "sft") -> list[tuple[str, str]]:
     if kind == "completion":
         if not isinstance(row["prompt"], str) or not isinstance(row["completion"], str):
             return [("bad_content", "'prompt' and 'completion' must be strings")]
+        if not _encodable(row["prompt"] + row["completion"]):
+            return [("bad_content", "'prompt' or 'completion' holds invalid Unicode (a lone surrogate escape)")]
         return [] if row["completion"].strip() else [("empty_answer", "'completion' is empty")]
     if kind in ("dpo", "pairs"):
         return [("wrong_method", "this is a preference (DPO) row; validate and train it with --method dpo")]
     return [("unknown_format", "unknown format: expected an object with 'messages' (chat) or 'prompt' and 'completion'")]
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _short(value: Any, limit: int = 40) -> str:
