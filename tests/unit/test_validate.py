@@ -353,3 +353,12 @@ def test_dedup_exact_and_near(tmp_path, tiny_tokenizer):
     assert len(cleaned.read_text().splitlines()) == 13
     report = validate_file(cleaned, "sft", tiny_tokenizer)
     assert not findings(report, "duplicate") and not findings(report, "near_duplicate")
+
+
+def test_train_accepts_a_valid_file_and_mentions_warnings(tmp_path, tiny_model_dir, qa_rows, capsys):
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_rows)
+    code = main(["train", "--data", str(data), "--model", str(tiny_model_dir), "--output", str(tmp_path / "run"),
+                 "--max-steps", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0 and json.loads(out.splitlines()[-1])["steps"] == 1
+    assert "warning(s)" in err and "short_answer" in err  # one-letter answers: worth a look, not a refusal
