@@ -3,8 +3,10 @@
 Final outputs: a PEFT adapter (`adapter_config.json` + `adapter_model.safetensors`) or a full model in
 safetensors, the tokenizer with its chat template, `train_config.json`, `metrics.jsonl`, `summary.json`.
 
-Checkpoints (`checkpoints/step-N/`): trainable weights, optimizer state, RNG states and the position in
-the data, all in safetensors + JSON (nothing is ever unpickled). Each is written into a staging folder,
+Checkpoints (`checkpoints/step-N/`): trainable weights, optimizer state, RNG states (torch, python,
+numpy), the position in the data (epoch, step in epoch; the order is a pure function of seed and epoch)
+and the run's config, all in safetensors + JSON (nothing is ever unpickled). The learning-rate schedule is
+a pure function of the step, so the step is its whole state. Each is written into a staging folder,
 fsynced, its `manifest.json` written last, then renamed into place: a folder without a manifest is
 incomplete and ignored by resume.
 """
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-MANIFEST = "manifest.json"
+from tuneforge.runfiles import MANIFEST, complete_checkpoints  # noqa: F401  (re-exported: recipes import it here)
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -109,17 +111,23 @@ def rng_restore(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, progress: dict, keep: int) -> Path:
+def save_checkpoint(
+    run_dir: Path, step: int, model, optimizer, progress: dict, keep: int, config: dict | None = None
+) -> Path:
     """Atomically write checkpoints/step-N and keep only the newest `keep` complete ones."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
     staging = root / f".staging-step-{step}"
-    shutil.rmtree(staging, ignore_errors=True)
+    for stale in root.glob(".staging-*"):  # left by a run killed mid-write; one writer per run folder
+        shutil.rmtree(stale, ignore_errors=True)
     staging.mkdir()
     save_file(trainable_state(model), str(staging / "trainable.safetensors"))
+    _test_crash_point(step)
     optim_tensors, optim_meta = _optimizer_to_flat(optimizer)
     save_file(optim_tensors, str(staging / "optimizer.safetensors"))
+    if config is not None:
+        (staging / "train_config.json").write_text(json.dumps(config, indent=2))
     rng_tensors, rng_meta = rng_snapshot()
     save_file(rng_tensors, str(staging / "rng.safetensors"))
     (staging / "state.json").write_text(json.dumps({"optimizer": optim_meta, "rng": rng_meta, "progress": progress}))
@@ -135,12 +143,10 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, progress: dict, 
     return final
 
 
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.name.startswith("step-") and (p / MANIFEST).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+def _test_crash_point(step: int) -> None:
+    """Test-only: TUNEFORGE_TEST_CRASH_IN_CHECKPOINT=N dies like kill -9 halfway through writing step N."""
+    if os.environ.get("TUNEFORGE_TEST_CRASH_IN_CHECKPOINT") == str(step):
+        os._exit(137)
 
 
 def load_checkpoint(folder: Path, model, optimizer) -> dict:

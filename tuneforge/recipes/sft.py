@@ -41,6 +41,7 @@ from tuneforge.recipes.common import (
     seed_everything,
     write_summary,
 )
+from tuneforge.runfiles import trim_metrics
 from tuneforge.schedule import learning_rate_at, warmup_steps_for
 
 
@@ -130,6 +131,7 @@ def train(config: TrainConfig) -> dict:
         if candidates:
             resumed_from = candidates[-1]
             progress = load_checkpoint(resumed_from, model, optimizer)
+            trim_metrics(output / "metrics.jsonl", progress["step"])  # drop what the dead run logged past it
     metrics = MetricsLog(output / "metrics.jsonl", append=resumed_from is not None)
 
     print(
@@ -202,13 +204,14 @@ def train(config: TrainConfig) -> dict:
                     best_valid, evals_since_best = (valid_loss, 0) if valid_loss < best_valid else (best_valid, evals_since_best + 1)
                     if config.early_stopping_patience and evals_since_best >= config.early_stopping_patience:
                         status = "early_stopped"
-                if config.save_every and (step % config.save_every == 0 or stop.requested) and step < total_steps:
+                epoch_end = step_in_epoch + 1 == len(plan)
+                if config.save_every and (step % config.save_every == 0 or stop.requested or epoch_end) and step < total_steps:
                     progress["train_seconds"] = progress.get("train_seconds", 0.0) + throughput.seconds
-                    path = save_checkpoint(output, step, model, optimizer, progress, config.keep_checkpoints)
+                    path = save_checkpoint(output, step, model, optimizer, progress, config.keep_checkpoints, config.to_dict())
                     progress["train_seconds"] -= throughput.seconds
                     metrics.write({"type": "checkpoint", "step": step, "path": str(path), "train_loss": round(step_loss, 6),
                                    "valid_loss": valid_loss})
-                if stop.requested:
+                if stop.requested and step < total_steps:  # a stop during the last step changes nothing
                     status = "stopped"
                 if status != "completed":
                     break

@@ -1,0 +1,164 @@
+"""Nothing lost: `tuneforge train` killed with SIGKILL at a random step, killed halfway through writing a
+checkpoint, or stopped with SIGTERM, then run again with `--resume auto`, ends with an adapter that is
+bit-for-bit the adapter of a run that was never interrupted.
+
+Every run is the real CLI in a subprocess on the tiny random Llama (CPU, one thread, fp32: deterministic).
+The runs checkpoint every step (`--save-every 1`), so the newest complete checkpoint is the resume point;
+LoRA dropout is on so that a wrongly restored RNG would show.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import write_jsonl
+from tuneforge.runfiles import complete_checkpoints
+
+ROOT = Path(__file__).resolve().parents[2]
+STEPS = 30  # 10 steps per epoch: epoch ends (with their checkpoints) at 10 and 20
+
+
+def train_command(model_dir: Path, data: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "tuneforge", "train", "--data", str(data), "--model", str(model_dir),
+        "--output", str(output), "--max-steps", str(STEPS), "--batch-size", "4", "--lr", "1e-2",
+        "--save-every", "1", "--seed", "3", "lora_dropout=0.1", "dtype=float32", *extra,
+    ]  # fmt: skip
+
+
+def env(**extra: str) -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **extra)
+
+
+def run(command: list[str], **extra_env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command, env=env(**extra_env), capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def last_step(metrics: Path) -> int:
+    steps = [0]
+    if metrics.exists():
+        for line in metrics.read_text().splitlines():
+            try:
+                steps.append(int(json.loads(line).get("step") or 0))
+            except ValueError:
+                pass  # a line being written
+    return max(steps)
+
+
+def start_and_signal(command: list[str], output: Path, at_step: int, sig: signal.Signals) -> subprocess.Popen:
+    """Start a run, wait until metrics.jsonl shows step >= at_step, then send `sig`."""
+    process = subprocess.Popen(command, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.monotonic() + 300
+    while last_step(output / "metrics.jsonl") < at_step:
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the run never reached the step"
+        time.sleep(0.005)
+    process.send_signal(sig)
+    process.wait(timeout=300)
+    return process
+
+
+def assert_same_adapter(a_dir: Path, b_dir: Path) -> None:
+    a = load_file(str(a_dir / "adapter_model.safetensors"))
+    b = load_file(str(b_dir / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, qa_rows_module) -> Path:
+    return write_jsonl(tmp_path_factory.mktemp("crash-data") / "train.jsonl", qa_rows_module)
+
+
+@pytest.fixture(scope="module")
+def qa_rows_module():
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    return [
+        {"messages": [{"role": "user", "content": f"what is {letters[i % 25]}"}, {"role": "assistant", "content": letters[i % 25 + 1]}]}
+        for i in range(40)
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model_dir, data) -> Path:
+    output = tmp_path_factory.mktemp("crash") / "straight"
+    done = run(train_command(tiny_model_dir, data, output))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((output / "summary.json").read_text())["status"] == "completed"
+    return output
+
+
+def resume_and_check(tiny_model_dir, data, output: Path, uninterrupted: Path, resume_point: int) -> dict:
+    done = run(train_command(tiny_model_dir, data, output, "--resume", "auto"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resumed from step-{resume_point}" in done.stderr
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == STEPS
+    assert summary["resumed_from"].endswith(f"step-{resume_point}")
+    assert_same_adapter(uninterrupted, output)
+    # The log reads as one run: every train step once, in order.
+    train_steps = [r["step"] for r in map(json.loads, (output / "metrics.jsonl").read_text().splitlines()) if r["type"] == "train"]
+    assert train_steps == list(range(1, STEPS + 1))
+    return summary
+
+
+def test_kill_9_at_a_random_step_then_resume_auto_is_bit_exact(tmp_path, tiny_model_dir, data, uninterrupted):
+    at_step = random.Random().randint(2, STEPS - 12)
+    print(f"SIGKILL at step >= {at_step}")
+    output = tmp_path / "killed"
+    process = start_and_signal(train_command(tiny_model_dir, data, output), output, at_step, signal.SIGKILL)
+    assert process.returncode == -signal.SIGKILL
+    assert not (output / "summary.json").exists()  # it really died mid-run
+    resume_point = int(complete_checkpoints(output)[-1].name.removeprefix("step-"))
+    assert at_step - 1 <= resume_point < STEPS  # the step is logged just before its checkpoint is written
+    resume_and_check(tiny_model_dir, data, output, uninterrupted, resume_point)
+
+
+def test_kill_during_checkpoint_write_resumes_from_the_previous_complete_one(tmp_path, tiny_model_dir, data, uninterrupted):
+    output = tmp_path / "torn"
+    crash_at = 7
+    done = run(train_command(tiny_model_dir, data, output), TUNEFORGE_TEST_CRASH_IN_CHECKPOINT=str(crash_at))
+    assert done.returncode == 137, done.stderr[-3000:]
+    staging = output / "checkpoints" / f".staging-step-{crash_at}"
+    assert (staging / "trainable.safetensors").exists() and not (staging / "manifest.json").exists()
+    assert complete_checkpoints(output)[-1].name == f"step-{crash_at - 1}"
+    assert last_step(output / "metrics.jsonl") == crash_at  # step 7 was logged; its checkpoint never finished
+    resume_and_check(tiny_model_dir, data, output, uninterrupted, crash_at - 1)
+    assert not list((output / "checkpoints").glob(".staging-*"))  # the torn folder was cleaned up
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_exits_stopped(tmp_path, tiny_model_dir, data, uninterrupted):
+    output = tmp_path / "stopped"
+    process = start_and_signal(train_command(tiny_model_dir, data, output), output, 5, signal.SIGTERM)
+    assert process.returncode == 0, process.stderr.read()[-3000:] if process.stderr else ""
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["status"] == "stopped" and 5 <= summary["steps"] < STEPS
+    assert complete_checkpoints(output)[-1].name == f"step-{summary['steps']}"
+    resume_and_check(tiny_model_dir, data, output, uninterrupted, summary["steps"])
+
+
+def test_epoch_end_checkpoints_and_config_are_saved(tmp_path, tiny_model_dir, data):
+    """With --save-every larger than an epoch, the epoch ends still get checkpoints; each holds the config."""
+    output = tmp_path / "epochs"
+    command = train_command(tiny_model_dir, data, output, "keep_checkpoints=5")
+    command[command.index("--save-every") + 1] = "25"
+    done = run(command)
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = [p.name for p in complete_checkpoints(output)]
+    assert names == ["step-10", "step-20", "step-25"]
+    saved = json.loads((output / "checkpoints" / "step-20" / "train_config.json").read_text())
+    assert saved["seed"] == 3 and saved["save_every"] == 25
+    progress = json.loads((output / "checkpoints" / "step-20" / "manifest.json").read_text())["progress"]
+    assert (progress["epoch"], progress["step_in_epoch"]) == (1, 10)
