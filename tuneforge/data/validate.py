@@ -522,19 +522,18 @@ def summarise_errors(report: ValidationReport, path, limit: int = 5) -> str:
 
 
 def estimate_training(report: ValidationReport, model_spec: str, epochs: float | None = None, batch_size: int = 8,
-                      calibration_tokens: int = 256, calibration_steps: int = 2) -> dict:
+                      calibration_tokens: int = 512) -> dict:
     """Time and peak memory for the run, from real forward+backward+optimizer steps on the actual model.
 
-    Calibration stays short: one micro-batch of the longest examples, at most `calibration_tokens` tokens
-    (at least one example), run twice; seconds per token come from the second, warm step and are scaled
-    to every token of every epoch. Peak memory = resident memory before the steps + the measured growth
-    per token, scaled to the largest micro-batch training will run (batch_size x longest example, capped
-    at micro_batch_tokens). Both are linear extrapolations: attention cost grows faster than linearly
-    with length, so very long examples make the time an underestimate.
+    Two short steps: (A) the longest example alone, which also warms up and allocates the optimizer state,
+    then (B) a micro-batch of the longest examples (at most `calibration_tokens` tokens). Seconds per
+    token come from the warm step B and are scaled to every token of every epoch. Memory: the growth of
+    peak memory from A to B, per token, scaled to the largest micro-batch training will build (batch_size x
+    longest example, capped at micro_batch_tokens). Both are linear extrapolations of a short measurement:
+    attention grows faster than linearly with length, and on a busy machine the time varies with load.
     """
     import resource
 
-    import psutil
     import torch
 
     from tuneforge.config import build_config
@@ -557,15 +556,16 @@ def estimate_training(report: ValidationReport, model_spec: str, epochs: float |
             break
         batch_examples.append(example)
         tokens += length
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base_mb = torch.cuda.memory_allocated() / 2**20
-    else:
-        base_mb = psutil.Process().memory_info().rss / 2**20
-    step_seconds = []
-    for _ in range(calibration_steps):
+
+    def peak_mb() -> float:
+        if device == "cuda":
+            return torch.cuda.max_memory_allocated() / 2**20
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    step_seconds, peaks = [], []
+    for examples in (batch_examples[:1], batch_examples):
         begin = time.perf_counter()
-        batch = collate(batch_examples, 0, device)
+        batch = collate(examples, 0, device)
         loss_sum, n_targets = micro_batch_loss_sum(model, batch)
         (loss_sum / max(n_targets, 1)).backward()
         optimizer.step()
@@ -573,13 +573,11 @@ def estimate_training(report: ValidationReport, model_spec: str, epochs: float |
         if device == "cuda":
             torch.cuda.synchronize()
         step_seconds.append(time.perf_counter() - begin)
-    if device == "cuda":
-        peak_mb, kind = torch.cuda.max_memory_allocated() / 2**20, "cuda max_memory_allocated"
-    else:
-        peak_mb, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "resident memory (RSS)"
+        peaks.append(peak_mb())
+    first_tokens = len(batch_examples[0].input_ids)
+    per_token_mb = (peaks[1] - peaks[0]) / (tokens - first_tokens) if tokens > first_tokens else 0.0
     longest = max(report.lengths) if report.lengths else tokens
     train_micro_tokens = min(batch_size * min(longest, report.max_length), config.micro_batch_tokens)
-    per_token_mb = max(0.0, peak_mb - base_mb) / tokens
     seconds_per_token = step_seconds[-1] / tokens
     # DPO: policy forward+backward on both answers (counted in n_tokens) plus a no-grad reference forward.
     method_factor = 4 / 3 if report.method == "dpo" else 1.0
@@ -597,8 +595,9 @@ def estimate_training(report: ValidationReport, model_spec: str, epochs: float |
         "seconds_per_token": round(seconds_per_token, 6),
         "train_tokens": train_tokens,
         "train_seconds": round(train_tokens * seconds_per_token * method_factor, 1),
-        "calibration_peak_memory_mb": round(peak_mb, 1),
-        "peak_memory_mb": round(max(peak_mb, base_mb + per_token_mb * train_micro_tokens), 1),
-        "peak_memory_kind": kind,
+        "calibration_peak_memory_mb": round(peaks[1], 1),
+        "peak_memory_mb": round(peaks[1] + max(0.0, per_token_mb) * max(0, train_micro_tokens - tokens), 1),
+        "peak_memory_kind": "cuda max_memory_allocated" if device == "cuda" else "resident memory (RSS)",
+        "threads": torch.get_num_threads(),
         "peak_memory_micro_batch_tokens": train_micro_tokens,
     }
