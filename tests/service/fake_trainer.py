@@ -1,8 +1,10 @@
 """A stand-in for `tuneforge train` that follows the trainer's contract in milliseconds.
 
 Writes metrics.jsonl (train / valid / checkpoint lines), summary.json and adapter files; on SIGTERM it
-finishes its step, saves and exits. Knobs (environment): FAKE_STEP_SECONDS, FAKE_RUN_LOG (append one line
-per run, to prove each job runs exactly once). A training file containing CRASH exits 3; USER_ERROR exits 2;
+finishes its step, saves and exits; with --resume auto it continues after its newest complete checkpoint
+(one with manifest.json, written last, as the real trainer does). Knobs (environment): FAKE_STEP_SECONDS,
+FAKE_RUN_LOG (append "RUN_DIR_NAME PID FIRST_STEP" per run, to prove each job runs exactly once and
+whether a run resumed). A training file containing CRASH exits 3; USER_ERROR exits 2;
 SLOW runs until stopped.
 """
 
@@ -19,14 +21,23 @@ parser.add_argument("--data", required=True)
 parser.add_argument("--output", required=True)
 parser.add_argument("--max-steps", type=int, default=6)
 parser.add_argument("--save-every", type=int, default=2)
+parser.add_argument("--resume")
 args, _unknown = parser.parse_known_args()
 
 out = Path(args.output)
 out.mkdir(parents=True, exist_ok=True)
 (out / "pid").write_text(str(os.getpid()))
+first_step = 1
+if args.resume == "auto":
+    from tuneforge.runfiles import complete_checkpoints, trim_metrics
+
+    done = complete_checkpoints(out)
+    if done:
+        first_step = int(done[-1].name.removeprefix("step-")) + 1
+        trim_metrics(out / "metrics.jsonl", first_step - 1)
 if os.environ.get("FAKE_RUN_LOG"):
     with open(os.environ["FAKE_RUN_LOG"], "a") as log:
-        log.write(f"{out.name} {os.getpid()}\n")
+        log.write(f"{out.name} {os.getpid()} {first_step}\n")
 text = Path(args.data).read_text()
 if "USER_ERROR" in text:
     print("train.jsonl: the model's context is too short for line 1", file=sys.stderr)
@@ -58,10 +69,11 @@ def save(step):
     checkpoint = out / "checkpoints" / f"step-{step}"
     checkpoint.mkdir(parents=True, exist_ok=True)
     (checkpoint / "adapter_config.json").write_text("{}")
+    (checkpoint / "manifest.json").write_text(json.dumps({"step": step}))
     emit({"type": "checkpoint", "step": step, "path": str(checkpoint)})
 
 
-for step in range(1, args.max_steps + 1):
+for step in range(first_step, args.max_steps + 1):
     time.sleep(step_seconds)
     emit(
         {
@@ -84,4 +96,5 @@ for step in range(1, args.max_steps + 1):
 (out / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
 (out / "adapter_model.safetensors").write_bytes(b"")
 (out / "eval_report.md").write_text("# Evaluation\n\nexact match: 0.5\n")
-(out / "summary.json").write_text(json.dumps({"trained_tokens": 10 * args.max_steps, "final_train_loss": 0.3}))
+summary = {"trained_tokens": 10 * args.max_steps, "final_train_loss": 0.3, "resumed_from_step": first_step - 1}
+(out / "summary.json").write_text(json.dumps(summary))

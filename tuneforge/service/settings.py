@@ -56,7 +56,10 @@ class Settings:
     lease_seconds: float = 30.0
     poll_seconds: float = 1.0
     max_steps: int | None = None
-    save_every: int | None = None
+    # Every job checkpoints this often (and at each epoch end) so a takeover loses at most this many steps.
+    save_every: int = 50
+    # Runs of one job (a worker dying mid-job uses one up) before it fails with max_attempts_exceeded.
+    max_attempts: int = 3
     adapter_cache_size: int = 3
 
     @classmethod
@@ -70,7 +73,8 @@ class Settings:
             lease_seconds=_float_env("TUNEFORGE_LEASE_SECONDS", 30.0),
             poll_seconds=_float_env("TUNEFORGE_POLL_SECONDS", 1.0),
             max_steps=_int_env("TUNEFORGE_MAX_STEPS", None),
-            save_every=_int_env("TUNEFORGE_SAVE_EVERY", None),
+            save_every=_int_env("TUNEFORGE_SAVE_EVERY", 50),
+            max_attempts=_int_env("TUNEFORGE_MAX_ATTEMPTS", 3),
         )
         if os.environ.get("TUNEFORGE_BASE_MODELS"):
             settings.base_models = tuple(m.strip() for m in os.environ["TUNEFORGE_BASE_MODELS"].split(",") if m.strip())
@@ -119,6 +123,6 @@ class Settings:
             env["TUNEFORGE_DATABASE_URL"] = self.database_url
         if self.max_steps is not None:
             env["TUNEFORGE_MAX_STEPS"] = str(self.max_steps)
-        if self.save_every is not None:
-            env["TUNEFORGE_SAVE_EVERY"] = str(self.save_every)
+        env["TUNEFORGE_SAVE_EVERY"] = str(self.save_every)
+        env["TUNEFORGE_MAX_ATTEMPTS"] = str(self.max_attempts)
         return env

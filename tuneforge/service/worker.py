@@ -1,8 +1,10 @@
 """tuneforge worker: claims fine-tuning jobs from the store and runs them, one at a time.
 
-For each job: validate the files (`tuneforge validate FILE --json`), run `tuneforge train ...` as a child
-process, tail RUN_DIR/metrics.jsonl into events and checkpoints, keep the job's lease alive, and stop the
-trainer with SIGTERM when the job is cancelled or paused. Many workers (on many machines, with
+For each job: validate the files (`tuneforge validate FILE --json`), run `tuneforge train ... --save-every N
+--resume auto` as a child process in RUNS/<job id>, tail its metrics.jsonl into events and checkpoints, keep
+the job's lease alive, and stop the trainer with SIGTERM when the job is cancelled or paused. A job taken
+over from a dead worker (its lease ran out) continues from the run's last complete checkpoint; after
+`max_attempts` such takeovers it fails instead of crashing workers forever. Many workers (on many machines, with
 PostgreSQL) can share one store: each job is claimed by exactly one of them.
 """
 
@@ -25,6 +27,7 @@ from pathlib import Path
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from tuneforge.runfiles import complete_checkpoints, trim_metrics
 from tuneforge.service.routes.files import file_path, save_file
 from tuneforge.service.settings import Settings
 from tuneforge.service.store import (
@@ -146,6 +149,18 @@ class Worker:
     def process(self, job_id: str) -> None:
         with self.sessions() as session:
             job = session.scalar(select(Job).where(Job.id == job_id))
+            if job.attempts > self.settings.max_attempts:
+                self._fail(
+                    session,
+                    job,
+                    {
+                        "code": "max_attempts_exceeded",
+                        "param": None,
+                        "message": f"The job's worker died {job.attempts - 1} times; gave up after "
+                        f"{self.settings.max_attempts} attempts.",
+                    },
+                )
+                return
             try:
                 if job.status == "validating_files":
                     if not self._validate(session, job):
@@ -274,16 +289,21 @@ class Worker:
             command += ["--beta", repr(float(hyper["beta"]))]
         if self.settings.max_steps:
             command += ["--max-steps", str(self.settings.max_steps)]
-        if self.settings.save_every:
-            command += ["--save-every", str(self.settings.save_every)]
+        # Checkpoints in a run folder that outlives the worker: a takeover continues where the dead one stopped.
+        command += ["--save-every", str(self.settings.save_every), "--resume", "auto"]
         return command
 
     def _train(self, session: Session, job: Job) -> None:
         run_dir = self.settings.runs_dir / job.id
         restarted = job.status == "running" or job.attempts > 1
-        # A run starts clean: a job taken over from a dead worker, or resumed after a pause, runs again.
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True)
+        checkpoints = complete_checkpoints(run_dir)
+        resume_step = int(checkpoints[-1].name.removeprefix("step-")) if checkpoints else None
+        if resume_step is None:  # nothing to continue from: start clean
+            shutil.rmtree(run_dir, ignore_errors=True)
+        else:  # the trainer resumes from this checkpoint; the log keeps only what led up to it
+            trim_metrics(run_dir / "metrics.jsonl", resume_step)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # Events and checkpoint rows are rebuilt from the (trimmed) metrics.jsonl as the watcher tails it.
         session.execute(delete(JobCheckpoint).where(JobCheckpoint.job_id == job.id))
         session.execute(delete(JobEvent).where(JobEvent.job_id == job.id, JobEvent.type == "metrics"))
         result = session.execute(
@@ -296,7 +316,11 @@ class Worker:
             session.commit()
             self._release(session, job)
             return
-        add_event(session, job.id, "Fine-tuning job restarted" if restarted else "Fine-tuning job started")
+        if resume_step is not None:
+            message = f"Fine-tuning job resumed from the checkpoint at step {resume_step} (attempt {job.attempts})"
+        else:
+            message = "Fine-tuning job restarted" if restarted else "Fine-tuning job started"
+        add_event(session, job.id, message)
         session.commit()
 
         log_path = run_dir / "train.log"
@@ -312,13 +336,14 @@ class Worker:
         if stop_reason == "lost":
             return
         if stop_reason in ("cancelled", "paused", "shutdown"):
+            # A job handed back on purpose does not use up one of its attempts.
             if stop_reason == "shutdown":
-                # Hand the job back so the next worker (or this server, restarted) runs it again.
-                self._release(session, job, status="queued")
+                # Hand the job back so the next worker (or this server, restarted) continues it.
+                self._release(session, job, status="queued", attempts=Job.attempts - 1)
                 add_event(session, job.id, "Worker stopped; job returned to the queue")
                 session.commit()
             else:
-                self._release(session, job)
+                self._release(session, job, attempts=Job.attempts - 1)
             return
         if trainer.returncode == 0:
             self._succeed(session, job, run_dir)
