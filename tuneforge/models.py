@@ -169,6 +169,22 @@ def load_base_model(resolved: ResolvedModel, dtype=None, device: str | None = No
     return model.to(device)
 
 
+def load_adapter(base, adapter_dir: Path | str, is_trainable: bool = False):
+    """PEFT's `from_pretrained`, but only for safetensors adapters: a `.bin` adapter is a pickle, and loading
+    one can run arbitrary code, so it is refused instead of being read."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir).expanduser()
+    if not (adapter_dir / "adapter_model.safetensors").is_file():
+        found = "only adapter_model.bin (a pickle)" if (adapter_dir / "adapter_model.bin").is_file() else "none"
+        raise UserError(
+            f"{adapter_dir}: tuneforge loads adapters only from adapter_model.safetensors (found {found}); "
+            "convert it with safetensors from a trusted environment",
+            code="unsafe_adapter_format",
+        )
+    return PeftModel.from_pretrained(base, adapter_dir, is_trainable=is_trainable)
+
+
 def adapter_base_spec(adapter_dir: Path) -> str:
     """The `--model` a tuneforge adapter was trained on (falls back to PEFT's base_model_name_or_path)."""
     train_config = adapter_dir / "train_config.json"
@@ -200,10 +216,8 @@ def load_model(model: str | None = None, adapter: str | None = None, *, dtype=No
         if not (adapter_dir / "adapter_config.json").is_file():
             raise UserError(f"{adapter}: no adapter_config.json (not a tuneforge/PEFT adapter directory)")
         resolved = resolve_model(model or adapter_base_spec(adapter_dir))
-        from peft import PeftModel
-
         base = load_base_model(resolved, dtype, device)
-        peft_model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
+        peft_model = load_adapter(base, adapter_dir)
         tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else resolved.path
         # Merging once makes every later forward as cheap as the base model's.
         return peft_model.merge_and_unload().eval(), load_tokenizer(tokenizer_dir)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from tuneforge.errors import UserError
 
 IGNORE_INDEX = -100
+MAX_RENDERED_CHARS = 4 * 1024 * 1024  # one conversation's rendered text; a template that explodes is refused
 
 
 @dataclass
@@ -34,10 +35,24 @@ def _template_messages(messages: list[dict]) -> list[dict]:
 
 
 def render(tokenizer, messages: list[dict], tools=None, add_generation_prompt: bool = False) -> str:
+    """The chat template's text. transformers renders it in Jinja's ImmutableSandboxedEnvironment (no
+    attribute escapes, no mutation, ranges capped); a template that tries anyway, or that blows a row up
+    past MAX_RENDERED_CHARS, is refused as a user error."""
+    from jinja2.exceptions import SecurityError
+
     kwargs = {"tools": tools} if tools else {}
-    return tokenizer.apply_chat_template(
-        _template_messages(messages), tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
-    )
+    try:
+        text = tokenizer.apply_chat_template(
+            _template_messages(messages), tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
+        )
+    except SecurityError as exc:
+        raise UserError(f"the chat template tried something the sandbox forbids: {exc}", code="template_unsafe") from None
+    if len(text) > MAX_RENDERED_CHARS:
+        raise UserError(
+            f"the chat template rendered {len(text):,} characters for one conversation (limit {MAX_RENDERED_CHARS:,})",
+            code="template_output_too_large",
+        )
+    return text
 
 
 def trained_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, list[tuple[int, int]]]:

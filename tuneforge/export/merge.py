@@ -26,7 +26,14 @@ def merged_model(adapter: str | None, model: str | None = None):
     or (with no adapter) the base model itself."""
     import torch
 
-    from tuneforge.models import ResolvedModel, adapter_base_spec, load_base_model, load_tokenizer, resolve_model
+    from tuneforge.models import (
+        ResolvedModel,
+        adapter_base_spec,
+        load_adapter,
+        load_base_model,
+        load_tokenizer,
+        resolve_model,
+    )
 
     if adapter is None:
         resolved = resolve_model(model)
@@ -42,11 +49,9 @@ def merged_model(adapter: str | None, model: str | None = None):
         elif not (adapter_dir / "adapter_config.json").is_file():
             raise UserError(f"{adapter}: no adapter_config.json or config.json (not an adapter or model directory)")
         else:
-            from peft import PeftModel
-
             resolved = resolve_model(model or adapter_base_spec(adapter_dir))
             base = load_base_model(resolved, torch.float32, "cpu")
-            peft_model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
+            peft_model = load_adapter(base, adapter_dir)
             try:
                 merged = peft_model.merge_and_unload(safe_merge=True)
             except ValueError as exc:  # PEFT's safe merge reports NaN/inf in the merged weights this way

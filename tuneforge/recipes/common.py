@@ -18,7 +18,7 @@ import torch
 
 from tuneforge.checkpoint import write_json_atomic
 from tuneforge.config import TrainConfig
-from tuneforge.models import bf16_is_fast, default_device, load_base_model, load_tokenizer, resolve_model
+from tuneforge.models import bf16_is_fast, default_device, load_adapter, load_base_model, load_tokenizer, resolve_model
 
 
 def seed_everything(seed: int) -> None:
@@ -55,10 +55,10 @@ def build_model(config: TrainConfig, device: str | None = None):
         for parameter in model.parameters():
             parameter.requires_grad_(True)
     else:
-        from peft import LoraConfig, PeftModel, get_peft_model
+        from peft import LoraConfig, get_peft_model
 
         if config.init_adapter:
-            model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
+            model = load_adapter(model, config.init_adapter, is_trainable=True)
         else:
             targets = config.lora_target_modules
             lora = LoraConfig(
