@@ -307,6 +307,7 @@ def test_cli_estimate_is_measured_on_the_model(tmp_path, tiny_model_dir, capsys)
     assert len(estimate["calibration_step_seconds"]) == 2 and estimate["seconds_per_token"] > 0
     assert estimate["train_tokens"] == 2 * json.loads(out)["n_tokens"]
     assert estimate["train_seconds"] > 0 and estimate["peak_memory_mb"] > 0
+    assert 0 < estimate["train_seconds_if_idle"] <= estimate["train_seconds"] or estimate["device"] == "cuda"
 
 
 def test_train_refuses_an_invalid_file_before_loading_the_model(tmp_path, tiny_model_dir, capsys, monkeypatch):

@@ -562,9 +562,9 @@ def estimate_training(report: ValidationReport, model_spec: str, epochs: float |
             return torch.cuda.max_memory_allocated() / 2**20
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    step_seconds, peaks = [], []
+    step_seconds, cpu_seconds, peaks = [], [], []
     for examples in (batch_examples[:1], batch_examples):
-        begin = time.perf_counter()
+        begin, begin_cpu = time.perf_counter(), time.process_time()
         batch = collate(examples, 0, device)
         loss_sum, n_targets = micro_batch_loss_sum(model, batch)
         (loss_sum / max(n_targets, 1)).backward()
@@ -573,12 +573,16 @@ def estimate_training(report: ValidationReport, model_spec: str, epochs: float |
         if device == "cuda":
             torch.cuda.synchronize()
         step_seconds.append(time.perf_counter() - begin)
+        cpu_seconds.append(time.process_time() - begin_cpu)
         peaks.append(peak_mb())
     first_tokens = len(batch_examples[0].input_ids)
     per_token_mb = (peaks[1] - peaks[0]) / (tokens - first_tokens) if tokens > first_tokens else 0.0
     longest = max(report.lengths) if report.lengths else tokens
     train_micro_tokens = min(batch_size * min(longest, report.max_length), config.micro_batch_tokens)
     seconds_per_token = step_seconds[-1] / tokens
+    # On a shared CPU the wall time follows other people's load; CPU time / threads is what the same step
+    # takes on an otherwise idle machine (the two agree when nothing else runs).
+    idle_seconds_per_token = min(step_seconds[-1], cpu_seconds[-1] / max(1, torch.get_num_threads())) / tokens
     # DPO: policy forward+backward on both answers (counted in n_tokens) plus a no-grad reference forward.
     method_factor = 4 / 3 if report.method == "dpo" else 1.0
     train_tokens = report.n_tokens * epochs
@@ -595,6 +599,9 @@ def estimate_training(report: ValidationReport, model_spec: str, epochs: float |
         "seconds_per_token": round(seconds_per_token, 6),
         "train_tokens": train_tokens,
         "train_seconds": round(train_tokens * seconds_per_token * method_factor, 1),
+        "calibration_cpu_seconds": [round(s, 3) for s in cpu_seconds],
+        "train_seconds_if_idle": round(train_tokens * idle_seconds_per_token * method_factor, 1)
+        if device == "cpu" else None,
         "calibration_peak_memory_mb": round(peaks[1], 1),
         "peak_memory_mb": round(peaks[1] + max(0.0, per_token_mb) * max(0, train_micro_tokens - tokens), 1),
         "peak_memory_kind": "cuda max_memory_allocated" if device == "cuda" else "resident memory (RSS)",
