@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,7 +13,9 @@ from tuneforge.data.validate import CODES, validate_file
 
 TOKENIZER = make_tokenizer()
 TEXT = st.text(st.characters(exclude_categories=()), max_size=12)  # lone surrogates included
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Examples per test; the reliability run (docs/reliability.md) sets TUNEFORGE_FUZZ_EXAMPLES higher.
+EXAMPLES = int(os.environ.get("TUNEFORGE_FUZZ_EXAMPLES", "60"))
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
