@@ -1,0 +1,179 @@
+"""tuneforge vs TRL + PEFT, side by side, one run:  python bench/sft_vs_trl.py [--examples 96]
+
+Same model (the embedded SmolLM2-135M-Instruct), same chat examples (the demo's ticket -> JSON task),
+same LoRA (r=16, alpha=32, dropout 0, all linear layers), same batch (8), lr, schedule and epochs.
+Loss is comparable: TRL gets the data as conversational prompt/completion pairs, so it trains on the
+completion (answer + end-of-turn) only, like tuneforge.
+
+Each variant runs in its own process so peak RSS is its own. Printed per variant: tokens/s (all
+non-padding tokens of the examples, per second of training loop), peak RSS, final training loss (mean
+of the last 10% of steps), MFU, and the speed ratio to TRL's default. MFU counts, per token,
+4·N_frozen + 6·N_trainable + attention (6·layers·seq·hidden for causal fwd+bwd) FLOPs against the
+matmul peak measured in this same run for the dtype the variant computes in.
+
+TRL is a dev-only dependency: pip install trl==1.16.0 datasets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "examples" / "support_tickets" / "train.jsonl"
+VARIANTS = ("tuneforge", "tuneforge-full", "trl", "trl-packing", "trl-bf16")
+
+
+def measure_matmul_peak(dtype_name: str, size: int = 2048, repeats: int = 5) -> float:
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - started)
+
+
+def rows(n: int) -> list[dict]:
+    return [json.loads(line) for line in DATA.read_text().splitlines()[:n]]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_tuneforge(args, full: bool) -> dict:
+    from tuneforge.config import build_config
+    from tuneforge.recipes.sft import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "train.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows(args.examples)))
+        summary = train(build_config({
+            "data": str(data), "output": str(Path(tmp) / "out"), "epochs": args.epochs, "batch_size": args.batch_size,
+            "learning_rate": args.lr_full if full else args.lr, "lora_r": 16, "lora_alpha": 32, "full": full,
+            "warmup_ratio": 0.05, "lr_schedule": "cosine", "seed": 42,
+        }))
+    return {
+        "tokens": summary["trained_tokens"], "seconds": summary["train_seconds"], "final_loss": summary["final_train_loss"],
+        "n_params": summary["n_parameters"], "n_trainable": summary["n_trainable_parameters"], "dtype": summary["dtype"],
+        "steps": summary["steps"],
+    }
+
+
+def run_trl(args, packing: bool, bf16: bool) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from tuneforge.models import load_tokenizer, resolve_model
+
+    path = resolve_model("smollm2-135m-instruct").path
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    data = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows(args.examples)]
+    with tempfile.TemporaryDirectory() as tmp:
+        config = SFTConfig(
+            output_dir=tmp, per_device_train_batch_size=args.batch_size, num_train_epochs=args.epochs,
+            # transformers 5 takes the warmup ratio as a float warmup_steps < 1.
+            learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=1, save_strategy="no",
+            report_to=[], max_length=2048, packing=packing, bf16=bf16, use_cpu=True, seed=42, dataloader_num_workers=0,
+        )
+        lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+        trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(data), processing_class=tokenizer,
+                             peft_config=lora)
+        lengths = [len(ids) for ids in trainer.train_dataset["input_ids"]]
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    tail = losses[-max(1, len(losses) // 10):]
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    n_trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    return {"tokens": int(sum(lengths) * args.epochs), "seconds": seconds, "final_loss": sum(tail) / len(tail),
+            "n_params": n_params, "n_trainable": n_trainable, "dtype": "bfloat16" if bf16 else "float32",
+            "steps": trainer.state.global_step}
+
+
+def run_one(args) -> dict:
+    if args.run_one == "tuneforge":
+        result = run_tuneforge(args, full=False)
+    elif args.run_one == "tuneforge-full":
+        result = run_tuneforge(args, full=True)
+    else:
+        result = run_trl(args, packing=args.run_one == "trl-packing", bf16=args.run_one == "trl-bf16")
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def mfu(result: dict, peak_flops: float, layers: int = 30, hidden: int = 576, mean_seq: float = 80.0) -> float:
+    frozen = result["n_params"] - result["n_trainable"]
+    per_token = 4 * frozen + 6 * result["n_trainable"] + 6 * layers * mean_seq * hidden
+    return per_token * result["tokens"] / result["seconds"] / peak_flops
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=96)
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr-full", type=float, default=5e-5)
+    parser.add_argument("--variants", default="tuneforge,trl,trl-packing,tuneforge-full",
+                        help=f"comma-separated, from {', '.join(VARIANTS)} (trl-bf16 only where bf16 is fast)")
+    parser.add_argument("--run-one", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    args = parser.parse_args()
+    if args.run_one:
+        print("RESULT " + json.dumps(run_one(args)))
+        return 0
+
+    import torch
+
+    peaks = {"float32": measure_matmul_peak("float32")}
+    from tuneforge.models import bf16_is_fast
+
+    peaks["bfloat16"] = measure_matmul_peak("bfloat16", size=2048 if bf16_is_fast("cpu") else 256, repeats=2)
+    results = {}
+    for variant in args.variants.split(","):
+        command = [sys.executable, __file__, "--run-one", variant, "--examples", str(args.examples), "--epochs", str(args.epochs),
+                   "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--lr-full", str(args.lr_full)]
+        done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+        if done.returncode != 0 or line is None:
+            print(f"{variant}: failed\n{done.stderr[-3000:]}", file=sys.stderr)
+            continue
+        result = json.loads(line.removeprefix("RESULT "))
+        result["tokens_per_second"] = result["tokens"] / result["seconds"]
+        result["mfu"] = mfu(result, peaks[result["dtype"]])
+        results[variant] = result
+        print(f"{variant}: {result['tokens_per_second']:.1f} tokens/s, peak RSS {result['peak_rss_mb']:.0f} MB, "
+              f"final loss {result['final_loss']:.4f}", file=sys.stderr, flush=True)
+    baseline = results.get("trl", {}).get("tokens_per_second")
+    print(f"\ntorch {torch.__version__}, {os.cpu_count()} CPUs, threads {torch.get_num_threads()}; matmul peak "
+          f"fp32 {peaks['float32'] / 1e12:.3f} TFLOP/s, bf16 {peaks['bfloat16'] / 1e12:.4f} TFLOP/s; "
+          f"{args.examples} examples x {args.epochs} epochs, batch {args.batch_size}\n")
+    print("| variant | tokens/s | vs TRL default | peak RSS (MB) | final loss | MFU | steps |")
+    print("|---|---|---|---|---|---|---|")
+    for variant, r in results.items():
+        ratio = f"{r['tokens_per_second'] / baseline:.2f}×" if baseline else "n/a"
+        print(f"| {variant} | {r['tokens_per_second']:.1f} | {ratio} | {r['peak_rss_mb']:.0f} | {r['final_loss']:.4f} | "
+              f"{r['mfu']:.1%} | {r['steps']} |")
+    if args.json:
+        print(json.dumps({"peaks": peaks, "results": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
