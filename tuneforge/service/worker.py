@@ -246,7 +246,7 @@ class Worker:
         return True
 
     def _run_validator(self, path: Path, method: str) -> tuple[dict, str | None]:
-        command = [*self.settings.validate_command, str(path), "--json", "--method", method]
+        command = [*self.settings.validate_command, str(path), "--json", "--no-estimate", "--method", method]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired) as exc:
