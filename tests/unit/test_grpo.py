@@ -77,3 +77,17 @@ def test_builtin_rewards():
     assert json_fields(prompt, '{"a":1,"b":3}', '{"a":1,"b":2}') == 0.5 and json_fields(prompt, "nope", '{"a":1}') == 0.0
     assert resolve_reward("exact_match") is exact_match
     assert resolve_reward("tuneforge.rewards:json_format") is json_format
+
+
+def test_cli_flags_reach_the_config_and_grpo_needs_one_reward():
+    from tuneforge.cli import build_parser, train_config_from_args
+    from tuneforge.errors import UserError
+
+    args = build_parser().parse_args(["train", "--method", "grpo", "--data", "p.jsonl", "--reward", "exact_match", "group_size=8"])
+    config = train_config_from_args(args)
+    assert config.reward == "exact_match" and config.group_size == 8 and config.reward_model is None
+    for flags in ([], ["--reward", "exact_match", "--reward-model", "runs/rm"]):
+        with pytest.raises(UserError, match="exactly one of --reward"):
+            train_config_from_args(build_parser().parse_args(["train", "--method", "grpo", "--data", "p.jsonl", *flags]))
+    with pytest.raises(UserError, match="loss_type"):
+        train_config_from_args(build_parser().parse_args(["train", "--method", "dpo", "--data", "p.jsonl", "loss_type=kto"]))
