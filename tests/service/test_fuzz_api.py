@@ -1,7 +1,7 @@
 """Property-based fuzzing of the real `tuneforge serve` through its own OpenAPI schema (schemathesis):
 every operation, generated valid and invalid inputs, with a valid API key; no request may answer 5xx.
 
-Examples per operation: TUNEFORGE_API_FUZZ_EXAMPLES (default 200; see docs/reliability.md for the counts a
+Examples per operation: TUNEFORGE_API_FUZZ_EXAMPLES (default 100; see docs/reliability.md for the counts a
 full run reaches). No workers run, so created jobs stay queued and the fuzz measures only the API.
 """
 
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 pytestmark = pytest.mark.service
-EXAMPLES = int(os.environ.get("TUNEFORGE_API_FUZZ_EXAMPLES", "200"))
+EXAMPLES = int(os.environ.get("TUNEFORGE_API_FUZZ_EXAMPLES", "100"))
 SEEN = {"requests": 0}
 
 
