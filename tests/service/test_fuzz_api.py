@@ -39,8 +39,9 @@ def fuzz_operation(operation, server, counts: dict) -> None:
     )
     headers = {"Authorization": f"Bearer {server.key}"}
 
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck),
-              database=None)
+    @settings(
+        max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck), database=None
+    )
     @given(case=strategy)
     def run(case):
         response = case.call(base_url=server.url, headers=headers, timeout=30)

@@ -109,7 +109,9 @@ def resume_and_check(tiny_model_dir, data, output: Path, uninterrupted: Path, re
     assert summary["resumed_from"].endswith(f"step-{resume_point}")
     assert_same_adapter(uninterrupted, output)
     # The log reads as one run: every train step once, in order.
-    train_steps = [r["step"] for r in map(json.loads, (output / "metrics.jsonl").read_text().splitlines()) if r["type"] == "train"]
+    train_steps = [
+        r["step"] for r in map(json.loads, (output / "metrics.jsonl").read_text().splitlines()) if r["type"] == "train"
+    ]
     assert train_steps == list(range(1, STEPS + 1))
     return summary
 
@@ -126,7 +128,9 @@ def test_kill_9_at_a_random_step_then_resume_auto_is_bit_exact(tmp_path, tiny_mo
     resume_and_check(tiny_model_dir, data, output, uninterrupted, resume_point)
 
 
-def test_kill_during_checkpoint_write_resumes_from_the_previous_complete_one(tmp_path, tiny_model_dir, data, uninterrupted):
+def test_kill_during_checkpoint_write_resumes_from_the_previous_complete_one(
+    tmp_path, tiny_model_dir, data, uninterrupted
+):
     output = tmp_path / "torn"
     crash_at = 7
     done = run(train_command(tiny_model_dir, data, output), TUNEFORGE_TEST_CRASH_IN_CHECKPOINT=str(crash_at))

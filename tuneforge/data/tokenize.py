@@ -46,7 +46,8 @@ def render(tokenizer, messages: list[dict], tools=None, add_generation_prompt: b
             _template_messages(messages), tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
         )
     except SecurityError as exc:
-        raise UserError(f"the chat template tried something the sandbox forbids: {exc}", code="template_unsafe") from None
+        message = f"the chat template tried something the sandbox forbids: {exc}"
+        raise UserError(message, code="template_unsafe") from None
     if len(text) > MAX_RENDERED_CHARS:
         raise UserError(
             f"the chat template rendered {len(text):,} characters for one conversation (limit {MAX_RENDERED_CHARS:,})",
