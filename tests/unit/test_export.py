@@ -321,3 +321,35 @@ def test_ollama_default_system_prompt_and_llama3(tiny_tokenizer):
     other.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
     with pytest.raises(UserError, match="ChatML and Llama-3"):
         modelfile_text(other)
+
+
+def test_sentencepiece_style_tokenizer_round_trips_as_llama_vocab(tmp_path):
+    """A byte-fallback BPE (Llama-2 style) is written as `tokenizer.ggml.model = llama` with BYTE tokens."""
+    from gguf import GGUFReader
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from tuneforge.export import export
+
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    backend = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens], show_progress=False)
+    backend.train_from_iterator(CORPUS, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tokenizer.chat_template = CHATML
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+
+    (path,) = export(None, "gguf", tmp_path / "out", model=str(tmp_path / "base"))
+    fields = {k: f.contents() for k, f in GGUFReader(str(path)).fields.items() if k.startswith("tokenizer.ggml.")}
+    assert fields["tokenizer.ggml.model"] == "llama"
+    assert fields["tokenizer.ggml.token_type"][3] == 6  # <0x00> is a BYTE token
+    _, loaded_tokenizer = load_gguf(path)
+    for text in PROMPTS + ["h\u00e9llo w\u00f6rld \U0001f600"]:
+        assert loaded_tokenizer(text)["input_ids"] == tokenizer(text)["input_ids"]

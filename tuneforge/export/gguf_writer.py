@@ -163,12 +163,12 @@ def tokenizer_metadata(tokenizer, vocab_size: int) -> dict:
         if token is None:  # embedding rows past the tokenizer (padded vocabularies)
             tokens.append(f"[PAD{index}]")
             types.append(UNUSED)
+        elif kind == "llama" and token.startswith("<0x") and len(token) == 6:  # byte-fallback pieces
+            tokens.append(token)
+            types.append(BYTE)
         elif token in added:
             tokens.append(token)
             types.append(CONTROL if added[token].get("special") else USER_DEFINED)
-        elif kind == "llama" and token.startswith("<0x") and len(token) == 6:
-            tokens.append(token)
-            types.append(BYTE)
         elif token == model.get("unk_token"):
             tokens.append(token)
             types.append(UNKNOWN)
