@@ -53,9 +53,11 @@ def assert_only_lora_changed(tiny_model_dir, out):
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
 
 
-@pytest.mark.parametrize("loss_type,beta", [("sigmoid", 0.5), ("ipo", 0.5), ("simpo", 2.0)])
-def test_preference_accuracy_rises_and_only_lora_changes(tmp_path, tiny_model_dir, loss_type, beta):
-    summary = run(tmp_path, tiny_model_dir, loss_type=loss_type, beta=beta)
+# IPO regresses the summed log-ratio margin to 1/(2 beta): at DPO's learning rate it overshoots the target
+# (the squared loss grows again), so it gets a smaller step.
+@pytest.mark.parametrize("loss_type,beta,lr", [("sigmoid", 0.5, 1e-2), ("ipo", 0.5, 3e-3), ("simpo", 2.0, 1e-2)])
+def test_preference_accuracy_rises_and_only_lora_changes(tmp_path, tiny_model_dir, loss_type, beta, lr):
+    summary = run(tmp_path, tiny_model_dir, loss_type=loss_type, beta=beta, learning_rate=lr)
     out = tmp_path / "out"
     for name in ("adapter_config.json", "adapter_model.safetensors", "train_config.json", "metrics.jsonl", "summary.json"):
         assert (out / name).is_file(), name
