@@ -150,7 +150,7 @@ def main() -> int:
         command = [sys.executable, __file__, "--run-one", variant, "--examples", str(args.examples), "--epochs", str(args.epochs),
                    "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--lr-full", str(args.lr_full)]
         done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
-        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+        line = next((out for out in done.stdout.splitlines() if out.startswith("RESULT ")), None)
         if done.returncode != 0 or line is None:
             print(f"{variant}: failed\n{done.stderr[-3000:]}", file=sys.stderr)
             continue

@@ -6,7 +6,12 @@ import math
 
 import torch
 
-from tuneforge.losses import linear_cross_entropy_sum, reference_cross_entropy_sum, shifted_trained_positions, token_logprobs
+from tuneforge.losses import (
+    linear_cross_entropy_sum,
+    reference_cross_entropy_sum,
+    shifted_trained_positions,
+    token_logprobs,
+)
 
 
 def test_hand_derived_value():

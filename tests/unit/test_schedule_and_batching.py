@@ -15,7 +15,7 @@ def test_warmup_then_cosine_hand_values():
     values = [learning_rate_at(s, 10, 1.0, 2, "cosine") for s in range(10)]
     assert values[0] == 0.5 and values[1] == 1.0 and values[2] == 1.0
     assert math.isclose(values[6], 0.5)
-    assert all(a >= b for a, b in zip(values[1:], values[2:]))
+    assert all(a >= b for a, b in zip(values[1:], values[2:], strict=False))
 
 
 def test_linear_and_constant():

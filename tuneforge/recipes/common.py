@@ -72,7 +72,7 @@ def build_model(config: TrainConfig, device: str | None = None):
         # PEFT records the base path; point it at what a plain `PeftModel.from_pretrained` can load.
         for peft_config in model.peft_config.values():
             peft_config.base_model_name_or_path = str(resolved.path)
-        for name, parameter in model.named_parameters():
+        for parameter in model.parameters():
             if parameter.requires_grad and parameter.dtype != torch.float32:
                 parameter.data = parameter.data.float()
     if config.gradient_checkpointing:
