@@ -363,3 +363,12 @@ def test_train_accepts_a_valid_file_and_mentions_warnings(tmp_path, tiny_model_d
     out, err = capsys.readouterr()
     assert code == 0 and json.loads(out.splitlines()[-1])["steps"] == 1
     assert "warning(s)" in err and "short_answer" in err  # one-letter answers: worth a look, not a refusal
+
+
+def test_small_validation_file_passes_with_min_examples_1(tmp_path, tiny_model_dir, capsys):
+    """Ten examples are the floor for a training file only; the service validates a validation file with 1."""
+    small = write_jsonl(tmp_path / "valid.jsonl", [good(i) for i in range(3)])
+    code, out, _ = run_cli(capsys, small, "--model", tiny_model_dir, "--json", "--no-estimate")
+    assert code == 1 and [e["code"] for e in json.loads(out)["errors"]] == ["too_few_examples"]
+    code, out, _ = run_cli(capsys, small, "--model", tiny_model_dir, "--json", "--no-estimate", "--min-examples", "1")
+    assert code == 0 and json.loads(out)["ok"] is True

@@ -24,6 +24,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--epochs", type=float, help="epochs for the estimate (default: what 'auto' picks)")
     p.add_argument("--batch-size", type=int, default=8, help="examples per step for the estimate (default 8)")
     p.add_argument("--no-estimate", action="store_true", help="skip the measured time/memory estimate (fast)")
+    p.add_argument("--min-examples", type=int, default=10,
+                   help="fewer examples than this is an error (default 10; 1 for a validation file)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.set_defaults(func=run_validate)
 
@@ -79,7 +81,7 @@ def run_validate(args) -> int:
         raise UserError("--max-length must be >= 8")
     tokenizer, model_config, spec = _load_tokenizer(args.model)
     report = validate_file(args.file, args.method, tokenizer, args.max_length, args.validation_file,
-                           progress=True, model_config=model_config)
+                           progress=True, model_config=model_config, min_examples=args.min_examples)
     if tokenizer is None:
         report.add(0, "tokenizer_unavailable", f"could not load the tokenizer of {spec}; token checks skipped")
     if report.ok and tokenizer is not None and not args.no_estimate:

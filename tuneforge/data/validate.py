@@ -368,7 +368,7 @@ def _trained_answer(messages: list[dict]) -> str:
 
 
 def validate_file(path, method: str = "sft", tokenizer=None, max_length: int = 2048, validation_file=None,
-                  progress: bool = False, model_config=None) -> ValidationReport:
+                  progress: bool = False, model_config=None, min_examples: int = MIN_EXAMPLES) -> ValidationReport:
     """Stream `path` (and `validation_file`) through every check; never raises for bad content."""
     path = Path(path)
     if not path.is_file():
@@ -402,8 +402,8 @@ def validate_file(path, method: str = "sft", tokenizer=None, max_length: int = 2
         exact_seen.setdefault(key, line)
         near_seen.setdefault(near, line)
     meter.update(meter.total, report.n_examples, final=True)
-    if report.n_examples < MIN_EXAMPLES:
-        report.add(0, "too_few_examples", f"{report.n_examples} examples; at least {MIN_EXAMPLES} are needed")
+    if report.n_examples < min_examples:
+        report.add(0, "too_few_examples", f"{report.n_examples} examples; at least {min_examples} are needed")
     _check_balance(report, answers, answer_text)
     if validation_file is not None:
         _check_validation_file(report, Path(validation_file), method, tokenizer, eot_ids, max_length, exact_seen)
@@ -498,10 +498,9 @@ def check_training_files(config) -> None:
     for label, path in (("training", config.data), ("validation", config.validation_data)):
         if not path:
             continue
-        report = validate_file(path, config.method, tokenizer, config.max_length)
-        if label == "validation":  # a small validation file is fine
-            report.counts.pop("too_few_examples", None)
-            report.findings = [f for f in report.findings if f.code != "too_few_examples"]
+        # A small validation file is fine; training needs MIN_EXAMPLES.
+        min_examples = 1 if label == "validation" else MIN_EXAMPLES
+        report = validate_file(path, config.method, tokenizer, config.max_length, min_examples=min_examples)
         if not report.ok:
             raise UserError(summarise_errors(report, path), path=str(path), code="invalid_file")
         n_warnings = sum(n for code, n in report.counts.items() if CODES[code][0] == "warning")
@@ -598,9 +597,9 @@ def estimate_training(report: ValidationReport, model_spec: str, epochs: float |
         "model_load_seconds": round(load_seconds, 2),
         "seconds_per_token": round(seconds_per_token, 6),
         "train_tokens": train_tokens,
-        "train_seconds": round(train_tokens * seconds_per_token * method_factor, 1),
+        "train_seconds": round(train_tokens * seconds_per_token * method_factor, 3),
         "calibration_cpu_seconds": [round(s, 3) for s in cpu_seconds],
-        "train_seconds_if_idle": round(train_tokens * idle_seconds_per_token * method_factor, 1)
+        "train_seconds_if_idle": round(train_tokens * idle_seconds_per_token * method_factor, 3)
         if device == "cpu" else None,
         "calibration_peak_memory_mb": round(peaks[1], 1),
         "peak_memory_mb": round(peaks[1] + max(0.0, per_token_mb) * max(0, train_micro_tokens - tokens), 1),

@@ -220,7 +220,7 @@ class Worker:
                     {"code": "invalid_file", "param": param, "message": f"The {param} {file_id} no longer exists."},
                 )
                 return False
-            report, problem = self._run_validator(path, method)
+            report, problem = self._run_validator(path, method, min_examples=10 if param == "training_file" else 1)
             if problem:
                 self._fail(session, job, {"code": "validation_unavailable", "param": param, "message": problem})
                 return False
@@ -245,8 +245,9 @@ class Worker:
         session.refresh(job)
         return True
 
-    def _run_validator(self, path: Path, method: str) -> tuple[dict, str | None]:
-        command = [*self.settings.validate_command, str(path), "--json", "--no-estimate", "--method", method]
+    def _run_validator(self, path: Path, method: str, min_examples: int) -> tuple[dict, str | None]:
+        command = [*self.settings.validate_command, str(path), "--json", "--no-estimate", "--method", method,
+                   "--min-examples", str(min_examples)]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired) as exc:
