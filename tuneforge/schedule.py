@@ -20,3 +20,10 @@ def learning_rate_at(step: int, total_steps: int, peak: float, warmup: int, sche
     if schedule == "linear":
         return peak * (1.0 - progress)
     return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def step_plan(n_items: int, items_per_step: int, epochs: float, max_steps: int | None, warmup_ratio: float) -> tuple[int, int, int]:
+    """(steps per epoch, total optimizer steps, warmup steps): every recipe counts its run the same way."""
+    steps_per_epoch = math.ceil(n_items / items_per_step)
+    total_steps = max_steps or max(1, math.ceil(epochs * steps_per_epoch))
+    return steps_per_epoch, total_steps, warmup_steps_for(total_steps, warmup_ratio)

@@ -56,3 +56,11 @@ def test_collate_pads_right_and_ignores_padding():
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert batch["labels"].tolist() == [[IGNORE_INDEX, 2, 3], [IGNORE_INDEX, 5, IGNORE_INDEX]]
     assert count_trained_targets([a, b]) == 3
+
+
+def test_step_plan_hand_values():
+    """10 items, 4 per step -> 3 steps an epoch; 2.5 epochs -> ceil(7.5) = 8 steps; 5% warmup -> ceil(0.4) = 1."""
+    from tuneforge.schedule import step_plan
+
+    assert step_plan(10, 4, 2.5, None, 0.05) == (3, 8, 1)
+    assert step_plan(10, 4, 2.5, 5, 0.0) == (3, 5, 0)

@@ -19,7 +19,6 @@ the whole optimizer step, so how a step is cut into micro-batches never changes 
 
 from __future__ import annotations
 
-import math
 import resource
 import sys
 import time
@@ -49,7 +48,7 @@ from tuneforge.recipes.common import (
     write_summary,
 )
 from tuneforge.recipes.sft import split_validation
-from tuneforge.schedule import learning_rate_at, warmup_steps_for
+from tuneforge.schedule import learning_rate_at, step_plan
 
 
 def pair_logprobs(model, pairs: list[TokenizedPair], pad_id: int, device: str) -> tuple[torch.Tensor, ...]:
@@ -151,9 +150,7 @@ def train(config: TrainConfig) -> dict:
     lengths = [p.length for p in train_pairs]
 
     pairs_per_step = config.batch_size * config.gradient_accumulation
-    steps_per_epoch = math.ceil(len(train_pairs) / pairs_per_step)
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    warmup = warmup_steps_for(total_steps, config.warmup_ratio)
+    steps_per_epoch, total_steps, warmup = step_plan(len(train_pairs), pairs_per_step, config.epochs, config.max_steps, config.warmup_ratio)
     peak_lr = config.resolved_learning_rate()
     eval_every = config.eval_every or max(1, total_steps // 5)
     optimizer = make_optimizer(model, config)

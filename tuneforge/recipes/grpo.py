@@ -23,7 +23,6 @@ when matplotlib is installed (`pip install tuneforge[report]`).
 
 from __future__ import annotations
 
-import math
 import random
 import resource
 import sys
@@ -56,7 +55,7 @@ from tuneforge.recipes.common import (
     write_summary,
 )
 from tuneforge.recipes.sft import split_validation
-from tuneforge.schedule import learning_rate_at, warmup_steps_for
+from tuneforge.schedule import learning_rate_at, step_plan
 
 REFERENCE_ADAPTER = "reference"
 
@@ -154,9 +153,7 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
     # The token appended to a completion that stopped, so the policy learns (and is credited for) stopping.
     stop_id = tokenizer.eos_token_id if tokenizer.eos_token_id in eos_ids else min(eos_ids)
 
-    steps_per_epoch = math.ceil(len(prompts) / config.batch_size)
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    warmup = warmup_steps_for(total_steps, config.warmup_ratio)
+    steps_per_epoch, total_steps, warmup = step_plan(len(prompts), config.batch_size, config.epochs, config.max_steps, config.warmup_ratio)
     peak_lr = config.resolved_learning_rate()
     eval_every = config.eval_every or max(1, total_steps // 5)
     optimizer = make_optimizer(model, config)

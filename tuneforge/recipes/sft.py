@@ -42,7 +42,7 @@ from tuneforge.recipes.common import (
     write_summary,
 )
 from tuneforge.runfiles import trim_metrics
-from tuneforge.schedule import learning_rate_at, warmup_steps_for
+from tuneforge.schedule import learning_rate_at, step_plan
 
 
 def split_validation(conversations: list[Conversation], fraction: float, seed: int):
@@ -114,9 +114,7 @@ def train(config: TrainConfig) -> dict:
     lengths = [len(e.input_ids) for e in train_examples]
 
     examples_per_step = config.batch_size * config.gradient_accumulation
-    steps_per_epoch = math.ceil(len(train_examples) / examples_per_step)
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    warmup = warmup_steps_for(total_steps, config.warmup_ratio)
+    steps_per_epoch, total_steps, warmup = step_plan(len(train_examples), examples_per_step, config.epochs, config.max_steps, config.warmup_ratio)
     peak_lr = config.resolved_learning_rate()
     eval_every = config.eval_every or max(1, total_steps // 5)
     optimizer = make_optimizer(model, config)
