@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from tuneforge.distributed import full_state_dict, full_tensor, is_sharded, shard_like
 from tuneforge.runfiles import MANIFEST, complete_checkpoints  # noqa: F401  (re-exported: recipes import it here)
 
 
@@ -54,15 +55,27 @@ def is_peft_model(model) -> bool:
     return hasattr(model, "peft_config")
 
 
-def save_weights(model, tokenizer, folder: Path) -> None:
-    """The usable result: a PEFT adapter, or a full model, plus the tokenizer and chat template."""
+def save_weights(model, tokenizer, folder: Path, writer: bool = True) -> None:
+    """The usable result: a PEFT adapter, or a full model, plus the tokenizer and chat template.
+
+    An FSDP-sharded model is gathered whole first (every rank calls this; only the writer saves).
+    """
+    whole = full_state_dict(model) if is_sharded(model) else None
+    if not writer:
+        return
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
+    if whole is None:
+        model.save_pretrained(folder, safe_serialization=True)
+    else:
+        model.save_pretrained(folder, state_dict=whole, safe_serialization=True)
     tokenizer.save_pretrained(folder)
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {name: p.detach().contiguous().clone() for name, p in model.named_parameters() if p.requires_grad}
+    """Trained weights by name, whole (FSDP shards are gathered: every rank must call this)."""
+    return {
+        name: full_tensor(p).detach().contiguous().clone() for name, p in model.named_parameters() if p.requires_grad
+    }
 
 
 def _optimizer_to_flat(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -71,7 +84,7 @@ def _optimizer_to_flat(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     for param_id, slots in state["state"].items():
         for slot, value in slots.items():
             if torch.is_tensor(value):
-                tensors[f"{param_id}.{slot}"] = value.detach().contiguous()
+                tensors[f"{param_id}.{slot}"] = full_tensor(value).detach().contiguous()
             else:
                 meta["scalars"][f"{param_id}.{slot}"] = value
     return tensors, meta
@@ -85,6 +98,13 @@ def _optimizer_from_flat(optimizer, tensors: dict[str, torch.Tensor], meta: dict
     for key, value in meta["scalars"].items():
         param_id, slot = key.split(".", 1)
         state.setdefault(int(param_id), {})[slot] = value
+    # Optimizer ids number the parameters in group order; moments shaped like a sharded parameter are
+    # laid out like it (a checkpoint written by N processes loads into M).
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for param_id, slots in state.items():
+        for slot, value in slots.items():
+            if torch.is_tensor(value) and value.shape == params[param_id].shape:
+                slots[slot] = shard_like(value, params[param_id])
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
@@ -112,19 +132,33 @@ def rng_restore(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, model, optimizer, progress: dict, keep: int, config: dict | None = None
+    run_dir: Path,
+    step: int,
+    model,
+    optimizer,
+    progress: dict,
+    keep: int,
+    config: dict | None = None,
+    writer: bool = True,
 ) -> Path:
-    """Atomically write checkpoints/step-N and keep only the newest `keep` complete ones."""
+    """Atomically write checkpoints/step-N and keep only the newest `keep` complete ones.
+
+    Under torchrun every rank calls this (gathering FSDP shards is collective); only the `writer` (rank 0)
+    touches the disk. The files are the same whatever the number of processes.
+    """
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
+    weights = trainable_state(model)
+    optim_tensors, optim_meta = _optimizer_to_flat(optimizer)
+    if not writer:
+        return final
+    root.mkdir(parents=True, exist_ok=True)
     staging = root / f".staging-step-{step}"
     for stale in root.glob(".staging-*"):  # left by a run killed mid-write; one writer per run folder
         shutil.rmtree(stale, ignore_errors=True)
     staging.mkdir()
-    save_file(trainable_state(model), str(staging / "trainable.safetensors"))
+    save_file(weights, str(staging / "trainable.safetensors"))
     _test_crash_point(step)
-    optim_tensors, optim_meta = _optimizer_to_flat(optimizer)
     save_file(optim_tensors, str(staging / "optimizer.safetensors"))
     if config is not None:
         (staging / "train_config.json").write_text(json.dumps(config, indent=2))
@@ -158,7 +192,7 @@ def load_checkpoint(folder: Path, model, optimizer) -> dict:
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, value in weights.items():
-            params[name].copy_(value)
+            params[name].copy_(shard_like(value, params[name]))
     state = json.loads((folder / "state.json").read_text())
     _optimizer_from_flat(optimizer, load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
     rng_restore(load_file(str(folder / "rng.safetensors")), state["rng"])

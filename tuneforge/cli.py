@@ -73,10 +73,13 @@ def add_train_command(subparsers) -> None:
     p.add_argument("--beta", type=float, help="preference-tuning temperature (dpo)")
     p.add_argument("--replay", help="general data mixed into training against forgetting (JSONL/text or builtin:pydoc)")
     p.add_argument("--replay-ratio", type=float, help="replay examples per training example (e.g. 0.25)")
-    p.add_argument("--max-forgetting", type=float, help="fail (exit 1) if general-text perplexity rises more than PCT%%")
+    p.add_argument(
+        "--max-forgetting", type=float, help="fail (exit 1) if general-text perplexity rises more than PCT%%"
+    )
     p.add_argument("--reward", help="grpo reward: exact_match, json_format, json_fields or module:function")
     p.add_argument("--reward-model", help="grpo reward: a directory written by --method reward")
     p.add_argument("--config", help="YAML file of config keys")
+    p.add_argument("--nproc", type=int, help="train on N local processes (torchrun --standalone; DDP / FSDP2)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. lora_r=32 max_length=1024")
     p.set_defaults(func=run_train)
 
@@ -85,21 +88,64 @@ def train_config_from_args(args):
     from tuneforge.config import build_config, load_yaml, parse_overrides
 
     file_layer = load_yaml(args.config) if args.config else {}
-    flag_layer = {key: getattr(args, dest) for dest, key in TRAIN_FLAGS.items() if getattr(args, dest, None) is not None}
+    flag_layer = {
+        key: getattr(args, dest) for dest, key in TRAIN_FLAGS.items() if getattr(args, dest, None) is not None
+    }
     return build_config(file_layer, parse_overrides(args.overrides), flag_layer)
 
 
 def run_train(args) -> int:
     config = train_config_from_args(args)
+    if args.nproc and args.nproc > 1:
+        return launch_torchrun(args.nproc, args.argv)
+    from tuneforge.distributed import check_distributed_config, launched_world
+
+    world = launched_world()
+    check_distributed_config(config, world)
     if config.method in ("sft", "dpo", "reward"):  # grpo takes prompt-only rows
         from tuneforge.data.validate import check_training_files
 
         check_training_files(config)  # refuse an invalid file with validate's messages, before the model loads
     recipe = importlib.import_module(f"tuneforge.recipes.{config.method}")
     summary = recipe.train(config)
-    print(json.dumps({k: summary[k] for k in ("status", "output", "steps", "trained_tokens", "tokens_per_second",
-                                                "final_train_loss", "final_valid_loss", "eval", "forgetting") if k in summary}))
+    if not world.is_main:  # under torchrun rank 0 reports for all
+        return 0
+    print(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in (
+                    "status",
+                    "output",
+                    "steps",
+                    "trained_tokens",
+                    "tokens_per_second",
+                    "final_train_loss",
+                    "final_valid_loss",
+                    "eval",
+                    "forgetting",
+                )
+                if k in summary
+            }
+        )
+    )
     return 1 if (summary.get("forgetting") or {}).get("passed") is False else 0
+
+
+def launch_torchrun(nproc: int, argv: list[str]) -> int:
+    """`tuneforge train --nproc N ...` is `torchrun --standalone --nproc-per-node N -m tuneforge train ...`."""
+    import subprocess
+
+    rest, skip = [], False
+    for item in argv:  # the same arguments without --nproc (each rank is one process)
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            rest.append(item)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.call(launcher + ["-m", "tuneforge", *rest])
 
 
 def add_generate_command(subparsers) -> None:
@@ -125,8 +171,14 @@ def run_generate(args) -> int:
             sys.stdout.write(piece)
             sys.stdout.flush()
 
-        out = generate_chat(model, tokenizer, [messages], max_new_tokens=args.max_new_tokens,
-                            temperature=args.temperature, on_token=stream)[0]
+        out = generate_chat(
+            model,
+            tokenizer,
+            [messages],
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            on_token=stream,
+        )[0]
         sys.stdout.write("\n")
         return out["text"]
 
@@ -172,7 +224,9 @@ def run_eval(args) -> int:
         print(json.dumps(result))
     else:
         for example in examples[:3]:
-            print(f"- prompt: {example['prompt'][:80]!r}\n  expected: {example['reference'][:80]!r}\n  got:      {example['prediction'][:80]!r}")
+            print(
+                f"- prompt: {example['prompt'][:80]!r}\n  expected: {example['reference'][:80]!r}\n  got:      {example['prediction'][:80]!r}"
+            )
         line = f"exact_match {result['exact_match']:.1%} on {result['n']} examples"
         if "json_valid" in result:
             line += f", json_valid {result['json_valid']:.1%}"
@@ -200,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

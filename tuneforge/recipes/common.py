@@ -93,7 +93,9 @@ def decoder_and_head(model):
 
 def final_hidden_states(model, batch) -> torch.Tensor:
     decoder, _ = decoder_and_head(model)
-    return decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state
+    return decoder(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).last_hidden_state
 
 
 def make_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
@@ -118,16 +120,20 @@ def count_parameters(model) -> tuple[int, int]:
 class MetricsLog:
     """Appends one JSON object per line to metrics.jsonl; flushed at once so watchers see progress."""
 
-    def __init__(self, path: Path, append: bool = False):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = path.open("a" if append else "w")
+    def __init__(self, path: Path, append: bool = False, enabled: bool = True):
+        self.handle = None
+        if enabled:  # under torchrun only rank 0 logs
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = path.open("a" if append else "w")
 
     def write(self, record: dict) -> None:
-        self.handle.write(json.dumps(record) + "\n")
-        self.handle.flush()
+        if self.handle:
+            self.handle.write(json.dumps(record) + "\n")
+            self.handle.flush()
 
     def close(self) -> None:
-        self.handle.close()
+        if self.handle:
+            self.handle.close()
 
 
 class StopRequest:

@@ -5,7 +5,9 @@ fused linear+CE on trained positions only -> AdamW with warmup+decay -> checkpoi
 
 Loss normalisation: every micro-batch's summed token loss is divided by the number of trained tokens
 in the whole optimizer step (all micro-batches of the accumulation window), so the update does not
-depend on how a step is cut into micro-batches (batch 8 x accumulation 1 == batch 1 x accumulation 8).
+depend on how a step is cut into micro-batches (batch 8 x accumulation 1 == batch 1 x accumulation 8),
+nor on how many processes share it (`torchrun --nproc-per-node N -m tuneforge train ...`: DDP for LoRA,
+FSDP2 for full fine-tuning; see `tuneforge.distributed`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from tuneforge import distributed
 from tuneforge.checkpoint import complete_checkpoints, load_checkpoint, save_checkpoint, save_weights, write_json_atomic
 from tuneforge.config import TrainConfig
 from tuneforge.data.batching import collate, count_trained_targets, plan_epoch, split_micro_batches
@@ -66,7 +69,12 @@ def tokenize_all(tokenizer, conversations: list[Conversation], max_length: int, 
         except UserError as exc:
             raise UserError(exc.bare_message, path=path, line=conversation.line, code=exc.code) from None
         if example.n_trained == 0:
-            raise UserError("no trained tokens after rendering and truncation", path=path, line=conversation.line, code="no_trained_tokens")
+            raise UserError(
+                "no trained tokens after rendering and truncation",
+                path=path,
+                line=conversation.line,
+                code="no_trained_tokens",
+            )
         examples.append(example)
     return examples
 
@@ -78,20 +86,45 @@ def micro_batch_loss_sum(model, batch) -> tuple[torch.Tensor, int]:
     return linear_cross_entropy_sum(trained_hidden, head.weight, targets), targets.numel()
 
 
+class TrainedTokenLoss(torch.nn.Module):
+    """The model's forward and the fused loss as one module, so DDP / FSDP wrap the whole computation
+    (the fused loss reads the output head's weight directly, outside the model's own forward)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, labels):
+        return micro_batch_loss_sum(
+            self.model, {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        )
+
+
 @torch.no_grad()
-def validation_loss(model, examples, config: TrainConfig, device: str, dtype) -> float | None:
+def validation_loss(
+    model, examples, config: TrainConfig, device: str, dtype, world: distributed.World | None = None
+) -> float | None:
+    """Mean token loss; under torchrun each rank takes every N-th micro-batch (and as many passes as the rest)."""
     if not examples:
         return None
+    world = world or distributed.World()
     was_training = model.training
     model.eval()
     lengths = [len(e.input_ids) for e in examples]
+    batches = split_micro_batches(list(range(len(examples))), lengths, config.micro_batch_tokens, max_rows=64)
+    passes = math.ceil(len(batches) / world.world_size)
+    mine = batches[world.rank :: world.world_size]
     total, count = 0.0, 0
-    for indices in split_micro_batches(list(range(len(examples))), lengths, config.micro_batch_tokens, max_rows=64):
+    for position in range(passes):
+        # A rank out of batches runs a padding pass, so FSDP's collectives stay in step.
+        indices = mine[position] if position < len(mine) else batches[0]
         batch = collate([examples[i] for i in indices], pad_id=0, device=device)
         with autocast_for(device, dtype):
-            loss_sum, n = micro_batch_loss_sum(model, batch)
-        total += float(loss_sum)
-        count += n
+            loss_sum, n = model(**batch)
+        if position < len(mine):
+            total += float(loss_sum)
+            count += n
+    total, count = distributed.sum_over_ranks([total, float(count)], world)
     model.train(was_training)
     return total / max(count, 1)
 
@@ -104,24 +137,33 @@ def train(config: TrainConfig) -> dict:
     if not valid_conversations and config.validation_split > 0:
         conversations, valid_conversations = split_validation(conversations, config.validation_split, config.seed)
 
+    world = distributed.setup()
     seed_everything(config.seed)
-    model, tokenizer, device, dtype = build_model(config)
+    model, tokenizer, device, dtype = build_model(config, distributed.device_for(world))
     train_examples = tokenize_all(tokenizer, conversations, config.max_length, train_path)
-    replay = replay_examples(tokenizer, config.replay, config.replay_ratio, len(train_examples), config.seed, config.max_length)
+    replay = replay_examples(
+        tokenizer, config.replay, config.replay_ratio, len(train_examples), config.seed, config.max_length
+    )
     train_examples += replay
-    valid_examples = tokenize_all(tokenizer, valid_conversations, config.max_length, config.validation_data or train_path)
+    valid_examples = tokenize_all(
+        tokenizer, valid_conversations, config.max_length, config.validation_data or train_path
+    )
     pad_id = tokenizer.pad_token_id
     lengths = [len(e.input_ids) for e in train_examples]
 
     examples_per_step = config.batch_size * config.gradient_accumulation
-    steps_per_epoch, total_steps, warmup = step_plan(len(train_examples), examples_per_step, config.epochs, config.max_steps, config.warmup_ratio)
+    steps_per_epoch, total_steps, warmup = step_plan(
+        len(train_examples), examples_per_step, config.epochs, config.max_steps, config.warmup_ratio
+    )
     peak_lr = config.resolved_learning_rate()
     eval_every = config.eval_every or max(1, total_steps // 5)
-    optimizer = make_optimizer(model, config)
     n_params, n_trainable = count_parameters(model)
+    loss_model = distributed.wrap(TrainedTokenLoss(model), model, world, config.full)
+    optimizer = make_optimizer(model, config)  # after wrapping: FSDP's optimizer holds this rank's shards
 
     output.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(output / "train_config.json", config.to_dict())
+    if world.is_main:
+        write_json_atomic(output / "train_config.json", config.to_dict())
     progress = {"step": 0, "epoch": 0, "step_in_epoch": 0, "trained_tokens": 0, "loss_tokens": 0, "train_seconds": 0.0}
     resumed_from = None
     if config.resume:
@@ -129,22 +171,34 @@ def train(config: TrainConfig) -> dict:
         if candidates:
             resumed_from = candidates[-1]
             progress = load_checkpoint(resumed_from, model, optimizer)
-            trim_metrics(output / "metrics.jsonl", progress["step"])  # drop what the dead run logged past it
-    metrics = MetricsLog(output / "metrics.jsonl", append=resumed_from is not None)
+            if world.is_main:
+                trim_metrics(output / "metrics.jsonl", progress["step"])  # drop what the dead run logged past it
+    metrics = MetricsLog(output / "metrics.jsonl", append=resumed_from is not None, enabled=world.is_main)
 
-    print(
-        f"tuneforge: {config.method} {'full' if config.full else f'LoRA r={config.lora_r}'} on {config.model} | "
-        f"{len(train_examples)} examples, {total_steps} steps, {device}/{str(dtype).removeprefix('torch.')} | "
-        f"trainable {n_trainable:,} of {n_params:,}" + (f" | resumed from {resumed_from.name}" if resumed_from else ""),
-        file=sys.stderr,
-    )
+    if world.is_main:
+        print(
+            f"tuneforge: {config.method} {'full' if config.full else f'LoRA r={config.lora_r}'} on {config.model} | "
+            f"{len(train_examples)} examples, {total_steps} steps, {device}/{str(dtype).removeprefix('torch.')} | "
+            f"trainable {n_trainable:,} of {n_params:,}"
+            + (f" | resumed from {resumed_from.name}" if resumed_from else "")
+            + (f" | {world.world_size} processes" if world.enabled else ""),
+            file=sys.stderr,
+        )
     throughput = Throughput()
     recent_losses: list[float] = []
     valid_loss = None
     best_valid, evals_since_best = math.inf, 0  # early stopping on validation loss
     step = progress["step"]
     status = "completed"
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        desc="train",
+        unit="step",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        disable=not world.is_main,
+    )
     with StopRequest() as stop:
         epoch = progress["epoch"]
         skip = progress["step_in_epoch"]
@@ -158,14 +212,31 @@ def train(config: TrainConfig) -> dict:
                 window = [train_examples[i] for i in indices]
                 window_targets = count_trained_targets(window)
                 step_loss = 0.0
-                for micro in split_micro_batches(indices, lengths, config.micro_batch_tokens, max_rows=config.batch_size):
+                micro_batches, passes = distributed.forward_plan(
+                    indices,
+                    lengths,
+                    world,
+                    lambda share: split_micro_batches(share, lengths, config.micro_batch_tokens, config.batch_size),
+                )
+                for position in range(passes):
+                    # A rank with fewer micro-batches than another runs a zero-weighted pass (collectives stay in step).
+                    weight = world.world_size if position < len(micro_batches) else 0
+                    micro = micro_batches[position] if weight else (micro_batches or [indices])[0][:1]
                     batch = collate([train_examples[i] for i in micro], pad_id, device)
-                    with autocast_for(device, dtype):
-                        loss_sum, _ = micro_batch_loss_sum(model, batch)
-                    (loss_sum / window_targets).backward()
-                    step_loss += float(loss_sum.detach()) / window_targets
+                    with distributed.gradient_sync(loss_model, sync=position == passes - 1):
+                        with autocast_for(device, dtype):
+                            loss_sum, _ = loss_model(**batch)
+                        # x world size: DDP/FSDP average gradients over ranks, the step's loss is their sum.
+                        (loss_sum * (weight / window_targets)).backward()
+                    if weight:
+                        step_loss += float(loss_sum.detach()) / window_targets
+                step_loss, stop_votes = distributed.sum_over_ranks([step_loss, float(stop.requested)], world)
+                if stop_votes:  # a signal reached some rank: all stop after this same step
+                    stop.requested = True
                 if config.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for p in model.parameters() if p.requires_grad], config.max_grad_norm
+                    )
                 lr = learning_rate_at(step, total_steps, peak_lr, warmup, config.lr_schedule)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -197,18 +268,40 @@ def train(config: TrainConfig) -> dict:
                 bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{throughput.tokens_per_second:.0f}")
                 bar.update(1)
                 if valid_examples and (step % eval_every == 0 or step == total_steps):
-                    valid_loss = validation_loss(model, valid_examples, config, device, dtype)
+                    valid_loss = validation_loss(loss_model, valid_examples, config, device, dtype, world)
                     metrics.write({"type": "valid", "step": step, "valid_loss": round(valid_loss, 6)})
-                    best_valid, evals_since_best = (valid_loss, 0) if valid_loss < best_valid else (best_valid, evals_since_best + 1)
+                    best_valid, evals_since_best = (
+                        (valid_loss, 0) if valid_loss < best_valid else (best_valid, evals_since_best + 1)
+                    )
                     if config.early_stopping_patience and evals_since_best >= config.early_stopping_patience:
                         status = "early_stopped"
                 epoch_end = step_in_epoch + 1 == len(plan)
-                if config.save_every and (step % config.save_every == 0 or stop.requested or epoch_end) and step < total_steps:
+                if (
+                    config.save_every
+                    and (step % config.save_every == 0 or stop.requested or epoch_end)
+                    and step < total_steps
+                ):
                     progress["train_seconds"] = progress.get("train_seconds", 0.0) + throughput.seconds
-                    path = save_checkpoint(output, step, model, optimizer, progress, config.keep_checkpoints, config.to_dict())
+                    path = save_checkpoint(
+                        output,
+                        step,
+                        model,
+                        optimizer,
+                        progress,
+                        config.keep_checkpoints,
+                        config.to_dict(),
+                        writer=world.is_main,
+                    )
                     progress["train_seconds"] -= throughput.seconds
-                    metrics.write({"type": "checkpoint", "step": step, "path": str(path), "train_loss": round(step_loss, 6),
-                                   "valid_loss": valid_loss})
+                    metrics.write(
+                        {
+                            "type": "checkpoint",
+                            "step": step,
+                            "path": str(path),
+                            "train_loss": round(step_loss, 6),
+                            "valid_loss": valid_loss,
+                        }
+                    )
                 if stop.requested and step < total_steps:  # a stop during the last step changes nothing
                     status = "stopped"
                 if status != "completed":
@@ -219,7 +312,7 @@ def train(config: TrainConfig) -> dict:
             skip = 0
     bar.close()
     train_seconds = progress.get("train_seconds", 0.0) + throughput.seconds
-    save_weights(model, tokenizer, output)
+    save_weights(model, tokenizer, output, writer=world.is_main)
     tail = recent_losses[-max(1, len(recent_losses) // 10) :] if recent_losses else []
     summary = {
         "status": status,
@@ -243,14 +336,17 @@ def train(config: TrainConfig) -> dict:
         "n_trainable_parameters": n_trainable,
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
+        "world_size": world.world_size,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "resumed_from": str(resumed_from) if resumed_from else None,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if config.eval_data or config.max_forgetting is not None:
+    if (config.eval_data or config.max_forgetting is not None) and world.is_main:
         from tuneforge.evaluate.compare import training_eval
 
         summary.update(training_eval(model, tokenizer, config))  # "eval" and "forgetting" (with its gate)
-    write_summary(output, summary)
+    if world.is_main:
+        write_summary(output, summary)
     metrics.close()
+    distributed.teardown(world)
     return summary
