@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from tests.conftest import write_jsonl
@@ -125,10 +124,26 @@ def test_checkpoints_move_between_two_processes_and_one(tmp_path, tiny_model_dir
 
     two_to_one, one_to_two = tmp_path / "two_to_one", tmp_path / "one_to_two"
     run(command(1, tiny_model_dir, data, valid, two_to_one, "--resume", str(two / "checkpoints" / "step-3"), *extra))
-    run(
-        command(
-            2, tiny_model_dir, data, valid, one_to_two, "--resume", str(reference / "checkpoints" / "step-3"), *extra
-        )
-    )
+    # `tuneforge train --nproc 2` is the same as torchrun --standalone --nproc-per-node 2.
+    resume = ["--resume", str(reference / "checkpoints" / "step-3"), "--nproc", "2"]
+    run(command(1, tiny_model_dir, data, valid, one_to_two, *resume, *extra))
     assert_same_curve(losses(reference), losses(two_to_one), range(4, STEPS + 1))
     assert_same_curve(losses(reference), losses(one_to_two), range(4, STEPS + 1))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--method", "dpo"], "runs in one process"),
+        (["--full", "--eval-data", "test.jsonl"], "run `tuneforge eval"),
+    ],
+)
+def test_what_has_no_distributed_loop_is_refused_before_loading(monkeypatch, capsys, tmp_path, arguments, message):
+    from tuneforge.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    data = write_jsonl(tmp_path / "train.jsonl", [])
+    assert main(["train", "--data", str(data), "--output", str(tmp_path / "out"), *arguments]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
