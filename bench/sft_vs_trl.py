@@ -12,6 +12,13 @@ of the last 10% of steps), MFU, and the speed ratio to TRL's default. MFU counts
 matmul peak measured in this same run for the dtype the variant computes in.
 
 TRL is a dev-only dependency: pip install trl==1.16.0 datasets.
+
+On a GPU (`--device cuda`, see bench/gpu_sft_vs_trl.sh) both tools train on the GPU, tuneforge in bf16
+(its default there), TRL by default in fp32 and with `bf16=True` for trl-bf16; peak GPU memory is
+reported beside RSS, and MFU is against a bf16 matmul measured on that GPU. `--model DIR` benchmarks
+any HF model directory; `--random-weights` keeps its architecture and tokenizer but draws the weights
+(for a machine the embedded model cannot travel to: speed and memory are the same, losses are not the
+demo's).
 """
 
 from __future__ import annotations
@@ -31,15 +38,19 @@ DATA = ROOT / "examples" / "support_tickets" / "train.jsonl"
 VARIANTS = ("tuneforge", "tuneforge-full", "trl", "trl-packing", "trl-bf16")
 
 
-def measure_matmul_peak(dtype_name: str, size: int = 2048, repeats: int = 5) -> float:
+def measure_matmul_peak(dtype_name: str, size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
     import torch
 
     dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a, b = torch.randn(size, size, dtype=dtype, device=device), torch.randn(size, size, dtype=dtype, device=device)
     a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
     started = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
     return 2 * size**3 * repeats / (time.perf_counter() - started)
 
 
@@ -61,6 +72,7 @@ def run_tuneforge(args, full: bool) -> dict:
         summary = train(build_config({
             "data": str(data), "output": str(Path(tmp) / "out"), "epochs": args.epochs, "batch_size": args.batch_size,
             "learning_rate": args.lr_full if full else args.lr, "lora_r": 16, "lora_alpha": 32, "full": full,
+            "model": args.model,
             "warmup_ratio": 0.05, "lr_schedule": "cosine", "seed": 42,
         }))
     return {
@@ -79,7 +91,7 @@ def run_trl(args, packing: bool, bf16: bool) -> dict:
 
     from tuneforge.models import load_tokenizer, resolve_model
 
-    path = resolve_model("smollm2-135m-instruct").path
+    path = resolve_model(args.model).path
     tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     data = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows(args.examples)]
@@ -88,7 +100,7 @@ def run_trl(args, packing: bool, bf16: bool) -> dict:
             output_dir=tmp, per_device_train_batch_size=args.batch_size, num_train_epochs=args.epochs,
             # transformers 5 takes the warmup ratio as a float warmup_steps < 1.
             learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=0.05, logging_steps=1, save_strategy="no",
-            report_to=[], max_length=2048, packing=packing, bf16=bf16, use_cpu=True, seed=42, dataloader_num_workers=0,
+            report_to=[], max_length=2048, packing=packing, bf16=bf16, use_cpu=args.device == "cpu", seed=42, dataloader_num_workers=0,
         )
         lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
         trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(data), processing_class=tokenizer,
@@ -114,7 +126,25 @@ def run_one(args) -> dict:
     else:
         result = run_trl(args, packing=args.run_one == "trl-packing", bf16=args.run_one == "trl-bf16")
     result["peak_rss_mb"] = peak_rss_mb()
+    import torch
+
+    if torch.cuda.is_available():
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result
+
+
+def random_weights_copy(model: str, folder: Path) -> str:
+    """The model's architecture and tokenizer with freshly drawn weights (seeded), saved to `folder`."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tuneforge.models import load_tokenizer, resolve_model
+
+    path = resolve_model(model).path
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path)).save_pretrained(folder, safe_serialization=True)
+    load_tokenizer(path).save_pretrained(folder)
+    return str(folder)
 
 
 def mfu(result: dict, peak_flops: float, layers: int = 30, hidden: int = 576, mean_seq: float = 80.0) -> float:
@@ -134,21 +164,34 @@ def main() -> int:
                         help=f"comma-separated, from {', '.join(VARIANTS)} (trl-bf16 only where bf16 is fast)")
     parser.add_argument("--run-one", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="alias or HF model dir (both tools train it)")
+    parser.add_argument("--random-weights", action="store_true", help="same architecture and tokenizer, drawn weights")
     args = parser.parse_args()
+    import torch
+
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.run_one:
         print("RESULT " + json.dumps(run_one(args)))
         return 0
 
-    import torch
-
-    peaks = {"float32": measure_matmul_peak("float32")}
     from tuneforge.models import bf16_is_fast
 
-    peaks["bfloat16"] = measure_matmul_peak("bfloat16", size=2048 if bf16_is_fast("cpu") else 256, repeats=2)
+    if args.device == "cuda":
+        peaks = {"float32": measure_matmul_peak("float32", 8192, 10, "cuda"), "bfloat16": measure_matmul_peak("bfloat16", 8192, 10, "cuda")}
+    else:
+        peaks = {"float32": measure_matmul_peak("float32")}
+        peaks["bfloat16"] = measure_matmul_peak("bfloat16", size=2048 if bf16_is_fast("cpu") else 256, repeats=2)
+    scratch = tempfile.TemporaryDirectory()
+    shown_model = args.model
+    if args.random_weights:
+        args.model = random_weights_copy(args.model, Path(scratch.name) / "model")
     results = {}
     for variant in args.variants.split(","):
         command = [sys.executable, __file__, "--run-one", variant, "--examples", str(args.examples), "--epochs", str(args.epochs),
-                   "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--lr-full", str(args.lr_full)]
+                   "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--lr-full", str(args.lr_full),
+                   "--device", args.device, "--model", args.model]
         done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
         line = next((out for out in done.stdout.splitlines() if out.startswith("RESULT ")), None)
         if done.returncode != 0 or line is None:
@@ -159,17 +202,21 @@ def main() -> int:
         result["mfu"] = mfu(result, peaks[result["dtype"]])
         results[variant] = result
         print(f"{variant}: {result['tokens_per_second']:.1f} tokens/s, peak RSS {result['peak_rss_mb']:.0f} MB, "
+              f"peak GPU {result.get('peak_gpu_mb', 0):.0f} MB, "
               f"final loss {result['final_loss']:.4f}", file=sys.stderr, flush=True)
     baseline = results.get("trl", {}).get("tokens_per_second")
-    print(f"\ntorch {torch.__version__}, {os.cpu_count()} CPUs, threads {torch.get_num_threads()}; matmul peak "
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()} CPUs, threads {torch.get_num_threads()}"
+    print(f"\ntorch {torch.__version__}, {where}; model {shown_model}{' (random weights)' if args.random_weights else ''}; matmul peak "
           f"fp32 {peaks['float32'] / 1e12:.3f} TFLOP/s, bf16 {peaks['bfloat16'] / 1e12:.4f} TFLOP/s; "
           f"{args.examples} examples x {args.epochs} epochs, batch {args.batch_size}\n")
-    print("| variant | tokens/s | vs TRL default | peak RSS (MB) | final loss | MFU | steps |")
-    print("|---|---|---|---|---|---|---|")
+    print("| variant | tokens/s | vs TRL default | peak RSS (MB) | peak GPU (MB) | final loss | MFU | steps |")
+    print("|---|---|---|---|---|---|---|---|")
     for variant, r in results.items():
         ratio = f"{r['tokens_per_second'] / baseline:.2f}×" if baseline else "n/a"
-        print(f"| {variant} | {r['tokens_per_second']:.1f} | {ratio} | {r['peak_rss_mb']:.0f} | {r['final_loss']:.4f} | "
+        gpu = f"{r['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in r else "-"
+        print(f"| {variant} | {r['tokens_per_second']:.1f} | {ratio} | {r['peak_rss_mb']:.0f} | {gpu} | {r['final_loss']:.4f} | "
               f"{r['mfu']:.1%} | {r['steps']} |")
+    scratch.cleanup()
     if args.json:
         print(json.dumps({"peaks": peaks, "results": results}))
     return 0
