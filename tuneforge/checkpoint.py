@@ -183,16 +183,20 @@ def _test_crash_point(step: int) -> None:
         os._exit(137)
 
 
+def restore_trainable(model, weights: dict[str, torch.Tensor]) -> None:
+    """Copy whole trained weights (from `trainable_state` or a checkpoint) into the model, sharded or not."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(shard_like(value, params[name]))
+
+
 def load_checkpoint(folder: Path, model, optimizer) -> dict:
     """Restore weights, optimizer and RNG from a complete checkpoint; return its progress record."""
     folder = Path(folder)
     if not (folder / MANIFEST).is_file():
         raise FileNotFoundError(f"{folder}: no manifest, not a complete checkpoint")
-    weights = load_file(str(folder / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(shard_like(value, params[name]))
+    restore_trainable(model, load_file(str(folder / "trainable.safetensors")))
     state = json.loads((folder / "state.json").read_text())
     _optimizer_from_flat(optimizer, load_file(str(folder / "optimizer.safetensors")), state["optimizer"])
     rng_restore(load_file(str(folder / "rng.safetensors")), state["rng"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import write_jsonl
 from tuneforge.config import build_config
 from tuneforge.data.replay import load_replay_rows, replay_examples, sample_replay, text_example
@@ -89,6 +91,21 @@ def test_early_stopping_when_validation_loss_stops_improving(tmp_path, tiny_mode
     records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     valid_losses = [r["valid_loss"] for r in records if r["type"] == "valid"]
     assert min(valid_losses[:-2]) <= min(valid_losses[-2:])  # the last two evaluations brought no new best
+    # The adapter kept is the best one: evaluating it again gives the best validation loss, not the last.
+    assert summary["weights_from_step"] == summary["best_step"] < summary["steps"]
+    assert summary["best_valid_loss"] == min(valid_losses)
+    (tmp_path / "again").mkdir()
+    again = run(
+        tmp_path / "again",
+        tiny_model_dir,
+        qa_rows,
+        validation_data=str(valid),
+        max_steps=1,
+        learning_rate=1e-12,
+        batch_size=4,
+        init_adapter=str(tmp_path / "out"),
+    )
+    assert again["final_valid_loss"] == pytest.approx(min(valid_losses), abs=1e-5)
 
 
 def test_eval_data_and_forgetting_gate_land_in_summary(tmp_path, tiny_model_dir, qa_rows):

@@ -23,7 +23,15 @@ import torch
 from tqdm import tqdm
 
 from tuneforge import distributed
-from tuneforge.checkpoint import complete_checkpoints, load_checkpoint, save_checkpoint, save_weights, write_json_atomic
+from tuneforge.checkpoint import (
+    complete_checkpoints,
+    load_checkpoint,
+    restore_trainable,
+    save_checkpoint,
+    save_weights,
+    trainable_state,
+    write_json_atomic,
+)
 from tuneforge.config import TrainConfig
 from tuneforge.data.batching import collate, count_trained_targets, plan_epoch, split_micro_batches
 from tuneforge.data.formats import Conversation, load_conversations
@@ -187,7 +195,7 @@ def train(config: TrainConfig) -> dict:
     throughput = Throughput()
     recent_losses: list[float] = []
     valid_loss = None
-    best_valid, evals_since_best = math.inf, 0  # early stopping on validation loss
+    best_valid, evals_since_best, best_step, best_weights = math.inf, 0, None, None  # early stopping
     step = progress["step"]
     status = "completed"
     bar = tqdm(
@@ -270,9 +278,12 @@ def train(config: TrainConfig) -> dict:
                 if valid_examples and (step % eval_every == 0 or step == total_steps):
                     valid_loss = validation_loss(loss_model, valid_examples, config, device, dtype, world)
                     metrics.write({"type": "valid", "step": step, "valid_loss": round(valid_loss, 6)})
-                    best_valid, evals_since_best = (
-                        (valid_loss, 0) if valid_loss < best_valid else (best_valid, evals_since_best + 1)
-                    )
+                    if valid_loss < best_valid:
+                        best_valid, evals_since_best, best_step = valid_loss, 0, step
+                        if config.early_stopping_patience:  # the weights to keep if training stops later
+                            best_weights = {name: t.cpu() for name, t in trainable_state(model).items()}
+                    else:
+                        evals_since_best += 1
                     if config.early_stopping_patience and evals_since_best >= config.early_stopping_patience:
                         status = "early_stopped"
                 epoch_end = step_in_epoch + 1 == len(plan)
@@ -311,6 +322,8 @@ def train(config: TrainConfig) -> dict:
             epoch += 1
             skip = 0
     bar.close()
+    if status == "early_stopped" and best_weights is not None:
+        restore_trainable(model, best_weights)  # keep the best validation loss, not the last step
     train_seconds = progress.get("train_seconds", 0.0) + throughput.seconds
     save_weights(model, tokenizer, output, writer=world.is_main)
     tail = recent_losses[-max(1, len(recent_losses) // 10) :] if recent_losses else []
@@ -332,6 +345,9 @@ def train(config: TrainConfig) -> dict:
         "tokens_per_second": round(throughput.tokens / max(throughput.seconds, 1e-9), 2),
         "final_train_loss": round(sum(tail) / len(tail), 6) if tail else None,
         "final_valid_loss": round(valid_loss, 6) if valid_loss is not None else None,
+        "best_valid_loss": round(best_valid, 6) if best_step is not None else None,
+        "best_step": best_step,
+        "weights_from_step": best_step if status == "early_stopped" and best_weights is not None else step,
         "n_parameters": n_params,
         "n_trainable_parameters": n_trainable,
         "device": device,
