@@ -163,6 +163,8 @@ def _check_ranges(config: TrainConfig, problems: list[str]) -> None:
     require(config.policy_updates >= 1, "policy_updates: must be >= 1")
     require(config.method != "grpo" or bool(config.reward) != bool(config.reward_model),
             "grpo needs exactly one of --reward (function) or --reward-model (directory)")
+    require(config.method != "reward" or not config.eval_data,
+            "eval_data: a reward model does not answer prompts; its pairwise accuracy on --validation-data is the measure")
     require(config.replay_ratio >= 0, "replay_ratio: must be >= 0")
     require(config.replay_ratio == 0 or bool(config.replay), "replay_ratio: needs --replay FILE (or builtin:pydoc)")
     require(config.early_stopping_patience is None or config.early_stopping_patience >= 1, "early_stopping_patience: must be >= 1")

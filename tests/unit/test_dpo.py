@@ -79,10 +79,15 @@ def test_preference_accuracy_rises_and_only_lora_changes(tmp_path, tiny_model_di
 def test_dpo_from_an_sft_adapter_uses_it_as_reference(tmp_path, tiny_model_dir):
     """Starting from an adapter, step 0 has policy == reference: every implicit reward is exactly 0."""
     first = run(tmp_path, tiny_model_dir, name="first", max_steps=2)
-    summary = run(tmp_path, tiny_model_dir, name="second", init_adapter=first["output"], max_steps=4)
+    test = [{"messages": [{"role": "user", "content": f"what is {c}"}, {"role": "assistant", "content": n}]}
+            for c, n in zip("abc", "bcd", strict=True)]
+    eval_data = write_jsonl(tmp_path / "test.jsonl", test)
+    summary = run(tmp_path, tiny_model_dir, name="second", init_adapter=first["output"], max_steps=4, eval_data=str(eval_data))
     records = [json.loads(line) for line in (tmp_path / "second" / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["type"] == "valid" and records[0]["rewards/chosen"] == 0 and records[0]["rewards/accuracies"] == 0.5
     assert summary["steps"] == 4 and (tmp_path / "second" / "adapter_model.safetensors").is_file()
+    # --eval-data answers the test set with the tuned policy, as after SFT.
+    assert summary["eval"]["n"] == 3 and 0 <= summary["eval"]["exact_match"] <= 1
 
 
 def test_full_fine_tune_runs(tmp_path, tiny_model_dir):

@@ -284,6 +284,10 @@ def train(config: TrainConfig) -> dict:
         "resumed_from": str(resumed_from) if resumed_from else None,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if config.eval_data or config.max_forgetting is not None:
+        from tuneforge.evaluate.compare import training_eval
+
+        summary.update(training_eval(model, tokenizer, config))  # "eval" and "forgetting", as after SFT
     write_summary(output, summary)
     metrics.close()
     return summary

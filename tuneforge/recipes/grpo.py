@@ -306,6 +306,10 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if config.eval_data or config.max_forgetting is not None:
+        from tuneforge.evaluate.compare import training_eval
+
+        summary.update(training_eval(model, tokenizer, config))  # "eval" and "forgetting", as after SFT
     write_summary(output, summary)
     metrics.close()
     return summary
