@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "support_tickets" / "train.jsonl"
-VARIANTS = ("tuneforge", "tuneforge-full", "trl", "trl-packing", "trl-bf16")
+VARIANTS = ("tuneforge", "tuneforge-full", "tuneforge-compile", "trl", "trl-packing", "trl-bf16")
 
 
 def measure_matmul_peak(dtype_name: str, size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
@@ -62,7 +62,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_tuneforge(args, full: bool) -> dict:
+def run_tuneforge(args, full: bool, compile: bool = False) -> dict:
     from tuneforge.config import build_config
     from tuneforge.recipes.sft import train
 
@@ -72,7 +72,7 @@ def run_tuneforge(args, full: bool) -> dict:
         summary = train(build_config({
             "data": str(data), "output": str(Path(tmp) / "out"), "epochs": args.epochs, "batch_size": args.batch_size,
             "learning_rate": args.lr_full if full else args.lr, "lora_r": 16, "lora_alpha": 32, "full": full,
-            "model": args.model,
+            "model": args.model, "compile": compile,
             "warmup_ratio": 0.05, "lr_schedule": "cosine", "seed": 42,
         }))
     return {
@@ -123,6 +123,8 @@ def run_one(args) -> dict:
         result = run_tuneforge(args, full=False)
     elif args.run_one == "tuneforge-full":
         result = run_tuneforge(args, full=True)
+    elif args.run_one == "tuneforge-compile":
+        result = run_tuneforge(args, full=False, compile=True)
     else:
         result = run_trl(args, packing=args.run_one == "trl-packing", bf16=args.run_one == "trl-bf16")
     result["peak_rss_mb"] = peak_rss_mb()

@@ -86,14 +86,6 @@ def device_for(world: World) -> str | None:
     return None
 
 
-def decoder_layers(model) -> torch.nn.ModuleList:
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layers = getattr(inner.get_decoder(), "layers", None)
-    if layers is None:
-        raise ValueError(f"{type(inner).__name__}: no decoder .layers to shard with FSDP")
-    return layers
-
-
 def wrap(loss_module: torch.nn.Module, model, world: World, full: bool) -> torch.nn.Module:
     """DDP around the loss module for LoRA; FSDP2 per decoder layer + root for full fine-tuning.
 
@@ -104,6 +96,8 @@ def wrap(loss_module: torch.nn.Module, model, world: World, full: bool) -> torch
         return loss_module
     if full:
         from torch.distributed.fsdp import fully_shard
+
+        from tuneforge.models import decoder_layers
 
         for layer in decoder_layers(model):
             fully_shard(layer)

@@ -223,3 +223,12 @@ def load_model(model: str | None = None, adapter: str | None = None, *, dtype=No
         return peft_model.merge_and_unload().eval(), load_tokenizer(tokenizer_dir)
     resolved = resolve_model(model)
     return load_base_model(resolved, dtype, device).eval(), load_tokenizer(resolved.path)
+
+
+def decoder_layers(model):
+    """The stack of transformer blocks (`model.layers` of Llama, Qwen2, Mistral, ...), inside a PEFT wrapper too."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layers = getattr(inner.get_decoder(), "layers", None)
+    if layers is None:
+        raise UserError(f"{type(inner).__name__}: no decoder .layers (needed for compile and FSDP sharding)")
+    return layers

@@ -130,3 +130,16 @@ def test_config_reports_every_problem_at_once():
     with pytest.raises(UserError) as caught:
         build_config({"data": "x.jsonl", "lora_rank": 8, "batch_size": "many"})
     assert "lora_rank" in str(caught.value) and "batch_size" in str(caught.value)
+
+
+def test_compiled_blocks_train_like_eager_ones(tmp_path, tiny_model_dir, qa_rows):
+    """compile=true compiles each decoder block (dynamic shapes); the numbers stay those of eager mode."""
+    common = {"max_steps": 3, "batch_size": 4, "learning_rate": 1e-2, "dtype": "float32", "seed": 1}
+    run(tmp_path, tiny_model_dir, qa_rows, name="eager", **common)
+    run(tmp_path, tiny_model_dir, qa_rows, name="compiled", compile=True, **common)
+
+    def losses(name):
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [r["loss"] for r in map(json.loads, lines) if r["type"] == "train"]
+
+    assert losses("compiled") == pytest.approx(losses("eager"), rel=1e-4)

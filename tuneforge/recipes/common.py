@@ -18,7 +18,15 @@ import torch
 
 from tuneforge.checkpoint import write_json_atomic
 from tuneforge.config import TrainConfig
-from tuneforge.models import bf16_is_fast, default_device, load_adapter, load_base_model, load_tokenizer, resolve_model
+from tuneforge.models import (
+    bf16_is_fast,
+    decoder_layers,
+    default_device,
+    load_adapter,
+    load_base_model,
+    load_tokenizer,
+    resolve_model,
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -77,6 +85,11 @@ def build_model(config: TrainConfig, device: str | None = None):
                 parameter.data = parameter.data.float()
     if config.gradient_checkpointing:
         core(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.compile:
+        # Block by block: the blocks share their code, so one compiled graph serves all of them, and dynamic
+        # shapes keep a new sequence length from recompiling. The fused loss stays eager (it is one matmul).
+        for layer in decoder_layers(model):
+            layer.compile(dynamic=True)
     model.train()
     return model, tokenizer, device, dtype
 
