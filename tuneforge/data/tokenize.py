@@ -64,7 +64,8 @@ def trained_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, lis
         if message["role"] != "assistant" or message.get("weight", 1) == 0:
             continue
         before = render(tokenizer, messages[:index], tools, add_generation_prompt=True)
-        through = render(tokenizer, messages[: index + 1], tools)
+        # The last turn's "through" render is the full render (the common single-turn case: 2 renders, not 3).
+        through = full if index == len(messages) - 1 else render(tokenizer, messages[: index + 1], tools)
         if not (through.startswith(before) and full.startswith(through)):
             raise UserError(
                 "the model's chat template renders earlier turns differently once later turns follow, so the "
@@ -80,17 +81,18 @@ def trained_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, lis
 
 def tokenize_conversation(tokenizer, messages: list[dict], tools=None, max_length: int | None = None) -> TokenizedExample:
     full, spans = trained_spans(tokenizer, messages, tools)
-    input_ids: list[int] = []
-    labels: list[int] = []
+    pieces: list[tuple[str, bool]] = []
     cursor = 0
     for start, end in [*spans, (len(full), len(full))]:
-        for piece, trained in ((full[cursor:start], False), (full[start:end], True)):
-            if not piece:
-                continue
-            ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
-            input_ids.extend(ids)
-            labels.extend(ids if trained else [IGNORE_INDEX] * len(ids))
+        pieces += [(piece, trained) for piece, trained in ((full[cursor:start], False), (full[start:end], True)) if piece]
         cursor = end
+    input_ids: list[int] = []
+    labels: list[int] = []
+    # One batched call for all segments: the per-call overhead of the tokenizer wrapper dominates short texts.
+    encoded = tokenizer([piece for piece, _ in pieces], add_special_tokens=False)["input_ids"] if pieces else []
+    for ids, (_, trained) in zip(encoded, pieces, strict=True):
+        input_ids.extend(ids)
+        labels.extend(ids if trained else [IGNORE_INDEX] * len(ids))
     bos = tokenizer.bos_token_id
     if getattr(tokenizer, "add_bos_token", False) and bos is not None and (not input_ids or input_ids[0] != bos):
         input_ids.insert(0, bos)
