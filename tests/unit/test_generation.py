@@ -43,3 +43,28 @@ def test_streaming_pieces_add_up_to_the_text(tiny_model_dir, tiny_tokenizer):
     results = generate_chat(model, tiny_tokenizer, [[{"role": "user", "content": "what is a"}]], max_new_tokens=5,
                             on_token=lambda i, piece: pieces.__setitem__(i, pieces.get(i, "") + piece))
     assert pieces.get(0, "") == results[0]["text"]
+
+
+def test_streaming_never_sends_a_stop_string_or_what_follows(tiny_model_dir, tiny_tokenizer):
+    """The stop string is taken from the model's own greedy answer, so the stream must end just before it,
+    even when the stop string spans tokens (its first part is held back until the next token decides)."""
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.evaluate.generation import _streamable_end
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    conversation = [[{"role": "user", "content": "what is a"}]]
+    full = generate_chat(model, tiny_tokenizer, conversation, max_new_tokens=8)[0]["text"]
+    assert len(full) >= 6, full
+    middle = len(full) // 2
+    for stop in ([full[middle : middle + 3]], [full[middle - 1 : middle + 1], "zzz-never"]):
+        pieces: list[str] = []
+        result = generate_chat(model, tiny_tokenizer, conversation, max_new_tokens=8, stop=stop,
+                               on_token=lambda _i, piece, pieces=pieces: pieces.append(piece))[0]
+        assert result["text"] == full[: full.find(stop[0])]
+        assert "".join(pieces) == result["text"]
+
+    assert _streamable_end("abc", ["cd"]) == 2  # "c" may begin "cd": held back
+    assert _streamable_end("abcd e", ["cd"]) == 2
+    assert _streamable_end("abc", ["xy", "bcz"]) == 1
+    assert _streamable_end("abc", None) == 3

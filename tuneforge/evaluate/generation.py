@@ -27,6 +27,21 @@ def _first_stop(text: str, stop: list[str] | None) -> int | None:
     return min(positions) if positions else None
 
 
+def _streamable_end(text: str, stop: list[str] | None) -> int:
+    """How much of `text` may be streamed now: up to a stop string, and never the tail that could still turn
+    into one (the next token may complete it, and a streamed character cannot be taken back)."""
+    cut = _first_stop(text, stop)
+    if cut is not None:
+        return cut
+    held = 0
+    for s in stop or []:
+        for length in range(min(len(s) - 1, len(text)), held, -1):
+            if text.endswith(s[:length]):
+                held = length
+                break
+    return len(text) - held
+
+
 @torch.inference_mode()
 def generate_ids(
     model,
@@ -136,10 +151,12 @@ def generate_chat(
             # Stream whole characters only: a multi-byte character may span several tokens.
             step_outputs[row].append(token)
             text = tokenizer.decode(step_outputs[row], skip_special_tokens=True)
-            if text.endswith("\ufffd") or len(text) <= emitted[row]:
+            if text.endswith("\ufffd"):
                 return
-            on_token(chunk[row], text[emitted[row] :])
-            emitted[row] = len(text)
+            end = _streamable_end(text, stop)
+            if end > emitted[row]:
+                on_token(chunk[row], text[emitted[row] : end])
+                emitted[row] = end
 
         outputs, reasons = generate_ids(
             model,
@@ -158,6 +175,8 @@ def generate_chat(
             cut = _first_stop(text, stop)
             if cut is not None:
                 text = text[:cut]
+            if on_token and len(text) > emitted[row]:  # what was held back for a stop string that never came
+                on_token(index, text[emitted[row] :])
             results[index] = {
                 "text": text,
                 "prompt_tokens": len(prompts[index]),
