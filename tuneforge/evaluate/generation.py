@@ -70,7 +70,9 @@ def generate_ids(
     reasons = ["length"] * batch_size
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)
     # transformers 5.x renamed `past_key_values` to `cache`; accept both.
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    # A PEFT wrapper's forward takes **kwargs, so ask the transformers model inside it.
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cache_arg = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
     past = None
     current_ids, current_positions = input_ids, position_ids
     for _ in range(max_new_tokens):
