@@ -56,3 +56,23 @@ def test_reward_model_learns_pairs_and_loads_as_a_reward_function(tmp_path, tiny
     assert good > bad
     batched = rm.batch([prompt, prompt], ["yes d", "no d"], [None, None])
     assert torch.allclose(torch.tensor(batched), torch.tensor([good, bad]), atol=1e-5)
+
+
+def test_reward_run_resumed_from_a_checkpoint_ends_where_an_uninterrupted_one_does(tmp_path, tiny_model_dir):
+    """Checkpoints hold the LoRA weights, the value head, AdamW, the RNG and the data position: resuming a
+    6-step run from its step-3 checkpoint gives exactly the value head and adapter of the straight run."""
+    data = write_jsonl(tmp_path / "prefs.jsonl", rows())
+    common = {"data": str(data), "model": str(tiny_model_dir), "method": "reward", "max_steps": 6, "batch_size": 8,
+              "learning_rate": 1e-2, "dtype": "float32", "seed": 4}
+    train(build_config({**common, "output": str(tmp_path / "straight")}))
+    resumed = build_config({**common, "output": str(tmp_path / "resumed"), "save_every": 3})
+    train(resumed)
+    step3 = tmp_path / "resumed" / "checkpoints" / "step-3"
+    assert (step3 / "manifest.json").is_file()
+    summary = train(build_config({**resumed.to_dict(), "resume": str(step3)}))
+    assert summary["resumed_from"] == str(step3) and summary["steps"] == 6
+    for name in ("value_head.safetensors", "adapter_model.safetensors"):
+        a, b = load_file(str(tmp_path / "straight" / name)), load_file(str(tmp_path / "resumed" / name))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)

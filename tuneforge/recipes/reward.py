@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from tuneforge.checkpoint import save_weights, write_json_atomic
+from tuneforge.checkpoint import complete_checkpoints, load_checkpoint, save_checkpoint, save_weights, write_json_atomic
 from tuneforge.config import TrainConfig
 from tuneforge.data.batching import collate, plan_epoch, split_micro_batches
 from tuneforge.data.formats import load_preference_pairs
@@ -45,6 +45,7 @@ from tuneforge.recipes.common import (
     write_summary,
 )
 from tuneforge.recipes.sft import split_validation
+from tuneforge.runfiles import trim_metrics
 from tuneforge.schedule import learning_rate_at, step_plan
 
 VALUE_HEAD_FILE = "value_head.safetensors"
@@ -109,8 +110,6 @@ def evaluate_pairs(scored: ScoredModel, pairs, config: TrainConfig, pad_id: int,
 
 
 def train(config: TrainConfig) -> dict:
-    if config.save_every or config.resume:
-        raise UserError("the reward recipe has no checkpoints yet: drop save_every / resume", code="bad_config")
     output = Path(config.output)
     raw_pairs = load_preference_pairs(config.data)
     raw_valid = load_preference_pairs(config.validation_data) if config.validation_data else []
@@ -134,7 +133,15 @@ def train(config: TrainConfig) -> dict:
 
     output.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output / "train_config.json", config.to_dict())
-    metrics = MetricsLog(output / "metrics.jsonl")
+    progress = {"step": 0, "epoch": 0, "step_in_epoch": 0, "trained_tokens": 0}
+    resumed_from = None
+    if config.resume:
+        candidates = complete_checkpoints(output) if config.resume == "auto" else [Path(config.resume)]
+        if candidates:
+            resumed_from = candidates[-1]
+            progress = load_checkpoint(resumed_from, scored, optimizer)  # LoRA (or all) weights + value head
+            trim_metrics(output / "metrics.jsonl", progress["step"])
+    metrics = MetricsLog(output / "metrics.jsonl", append=resumed_from is not None)
     print(
         f"tuneforge: reward model {'full' if config.full else f'LoRA r={config.lora_r}'} + value head on {config.model} | "
         f"{len(train_pairs)} pairs, {total_steps} steps, {device} | trainable {n_trainable:,} of {n_params:,}",
@@ -142,19 +149,24 @@ def train(config: TrainConfig) -> dict:
     )
     valid_metrics: dict = {}
     initial_valid: dict = {}
-    if valid_pairs:
+    if valid_pairs and resumed_from is None:
         initial_valid = evaluate_pairs(scored, valid_pairs, config, pad_id, device, dtype)
         metrics.write({"type": "valid", "step": 0, **initial_valid})
+    elif resumed_from is not None:  # the starting point was logged by the first attempt
+        logged = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        initial_valid = next((r for r in logged if r.get("type") == "valid" and r.get("step") == 0), {})
     throughput = Throughput()
     recent: list[dict] = []
-    trained_tokens = 0
-    step, epoch = 0, 0
+    trained_tokens = progress["trained_tokens"]
+    step, epoch, skip = progress["step"], progress["epoch"], progress["step_in_epoch"]
     status = "completed"
-    bar = tqdm(total=total_steps, desc="reward", unit="step", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=step, desc="reward", unit="step", file=sys.stderr, dynamic_ncols=True)
     with StopRequest() as stop:
         while step < total_steps and status == "completed":
             plan = plan_epoch(lengths, pairs_per_step, config.seed, epoch)
             for step_in_epoch, indices in enumerate(plan):
+                if step_in_epoch < skip:  # resumed: these steps were done before the checkpoint
+                    continue
                 if step >= total_steps:
                     break
                 stats = RewardStats()
@@ -187,10 +199,16 @@ def train(config: TrainConfig) -> dict:
                 if valid_pairs and (step % eval_every == 0 or step == total_steps):
                     valid_metrics = evaluate_pairs(scored, valid_pairs, config, pad_id, device, dtype)
                     metrics.write({"type": "valid", "step": step, **valid_metrics})
+                epoch_end = step_in_epoch + 1 == len(plan)
+                if config.save_every and (step % config.save_every == 0 or stop.requested or epoch_end) and step < total_steps:
+                    progress.update(step=step, epoch=epoch, step_in_epoch=step_in_epoch + 1, trained_tokens=trained_tokens)
+                    path = save_checkpoint(output, step, scored, optimizer, progress, config.keep_checkpoints, config.to_dict())
+                    metrics.write({"type": "checkpoint", "step": step, "path": str(path)})
                 if stop.requested:
                     status = "stopped"
                     break
             epoch += 1
+            skip = 0
     bar.close()
     save_reward_model(scored, tokenizer, output, config)
     tail = recent[-max(1, len(recent) // 10) :]
@@ -223,6 +241,7 @@ def train(config: TrainConfig) -> dict:
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "resumed_from": str(resumed_from) if resumed_from else None,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_summary(output, summary)
