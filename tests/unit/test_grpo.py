@@ -91,3 +91,29 @@ def test_cli_flags_reach_the_config_and_grpo_needs_one_reward():
             train_config_from_args(build_parser().parse_args(["train", "--method", "grpo", "--data", "p.jsonl", *flags]))
     with pytest.raises(UserError, match="loss_type"):
         train_config_from_args(build_parser().parse_args(["train", "--method", "dpo", "--data", "p.jsonl", "loss_type=kto"]))
+
+
+def test_grpo_resumed_from_a_checkpoint_ends_where_an_uninterrupted_run_does(tmp_path, peaked_model_dir):
+    """The checkpoint carries the sampler's generator and the prompts still to come in this pass, so the
+    resumed run samples the same completions: its adapter and logged rewards equal the straight run's."""
+    rows = [{"messages": [{"role": "user", "content": f"what is {c}"}]} for c in "abcdefghij"]
+    data = write_jsonl(tmp_path / "prompts.jsonl", rows)
+    common = {"data": str(data), "model": str(peaked_model_dir), "method": "grpo", "reward": "tests:unused",
+              "max_steps": 6, "batch_size": 3, "group_size": 4, "max_new_tokens": 4, "learning_rate": 5e-2,
+              "dtype": "float32", "seed": 2}
+    train(build_config({**common, "output": str(tmp_path / "straight")}), reward_fn=letter_fraction)
+    resumed = build_config({**common, "output": str(tmp_path / "resumed"), "save_every": 3})
+    train(resumed, reward_fn=letter_fraction)
+    step3 = tmp_path / "resumed" / "checkpoints" / "step-3"
+    summary = train(build_config({**resumed.to_dict(), "resume": str(step3)}), reward_fn=letter_fraction)
+    assert summary["resumed_from"] == str(step3) and summary["steps"] == 6
+
+    def rewards(name):
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [r["reward"] for r in map(json.loads, lines) if r["type"] == "train"]
+
+    assert rewards("resumed") == rewards("straight") and len(rewards("straight")) == 6
+    a = load_file(str(tmp_path / "straight" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "adapter_model.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

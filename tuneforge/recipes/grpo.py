@@ -23,6 +23,7 @@ when matplotlib is installed (`pip install tuneforge[report]`).
 
 from __future__ import annotations
 
+import json
 import random
 import resource
 import sys
@@ -33,7 +34,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from tuneforge.checkpoint import save_weights, write_json_atomic
+from tuneforge.checkpoint import complete_checkpoints, load_checkpoint, save_checkpoint, save_weights, write_json_atomic
 from tuneforge.config import TrainConfig
 from tuneforge.data.batching import collate, split_micro_batches
 from tuneforge.data.preference import RLPrompt, load_rl_prompts
@@ -55,6 +56,7 @@ from tuneforge.recipes.common import (
     write_summary,
 )
 from tuneforge.recipes.sft import split_validation
+from tuneforge.runfiles import trim_metrics
 from tuneforge.schedule import learning_rate_at, step_plan
 
 REFERENCE_ADAPTER = "reference"
@@ -119,8 +121,9 @@ def held_out_reward(model, tokenizer, prompts: list[RLPrompt], prompt_ids, score
     model.eval()
     texts = []
     for start in range(0, len(prompts), 32):
-        outputs, _ = generate_ids(model, prompt_ids[start : start + 32], eos_ids=eos_ids, pad_id=pad_id,
-                                  max_new_tokens=config.max_new_tokens)
+        outputs, _ = generate_ids(
+            model, prompt_ids[start : start + 32], eos_ids=eos_ids, pad_id=pad_id, max_new_tokens=config.max_new_tokens
+        )
         texts.extend(tokenizer.decode(o, skip_special_tokens=True) for o in outputs)
     model.train(was_training)
     rewards = score([p.messages for p in prompts], texts, [p.reference for p in prompts])
@@ -130,10 +133,9 @@ def held_out_reward(model, tokenizer, prompts: list[RLPrompt], prompt_ids, score
 def train(config: TrainConfig, reward_fn=None) -> dict:
     """`reward_fn` (a Python callable) overrides config.reward; tests and notebooks pass one directly."""
     if config.full and config.kl_beta > 0:
-        raise UserError("grpo with --full has no reference without a second model copy: use LoRA, or kl_beta=0",
-                        code="bad_config")
-    if config.save_every or config.resume:
-        raise UserError("the grpo recipe has no checkpoints yet: drop save_every / resume", code="bad_config")
+        raise UserError(
+            "grpo with --full has no reference without a second model copy: use LoRA, or kl_beta=0", code="bad_config"
+        )
     output = Path(config.output)
     prompts = load_rl_prompts(config.data)
     valid_prompts = load_rl_prompts(config.validation_data) if config.validation_data else []
@@ -153,7 +155,9 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
     # The token appended to a completion that stopped, so the policy learns (and is credited for) stopping.
     stop_id = tokenizer.eos_token_id if tokenizer.eos_token_id in eos_ids else min(eos_ids)
 
-    steps_per_epoch, total_steps, warmup = step_plan(len(prompts), config.batch_size, config.epochs, config.max_steps, config.warmup_ratio)
+    steps_per_epoch, total_steps, warmup = step_plan(
+        len(prompts), config.batch_size, config.epochs, config.max_steps, config.warmup_ratio
+    )
     peak_lr = config.resolved_learning_rate()
     eval_every = config.eval_every or max(1, total_steps // 5)
     optimizer = make_optimizer(model, config)
@@ -162,7 +166,18 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
 
     output.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output / "train_config.json", config.to_dict())
-    metrics = MetricsLog(output / "metrics.jsonl")
+    # A checkpoint holds, besides weights, AdamW and the global RNGs: the step, the prompts still to come
+    # in this pass, and the sampling generator's state, so a resumed run draws the same completions.
+    progress = {"step": 0, "trained_tokens": 0, "order": [], "sampler": []}
+    resumed_from = None
+    if config.resume:
+        candidates = complete_checkpoints(output) if config.resume == "auto" else [Path(config.resume)]
+        if candidates:
+            resumed_from = candidates[-1]
+            progress = load_checkpoint(resumed_from, model, optimizer)
+            generator.set_state(torch.tensor(progress["sampler"], dtype=torch.uint8))
+            trim_metrics(output / "metrics.jsonl", progress["step"])
+    metrics = MetricsLog(output / "metrics.jsonl", append=resumed_from is not None)
     print(
         f"tuneforge: grpo {'full' if config.full else f'LoRA r={config.lora_r}'} on {config.model} | {len(prompts)} prompts x "
         f"{config.group_size} samples, {total_steps} steps, reward {config.reward or config.reward_model or 'callable'} | "
@@ -171,16 +186,20 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
     )
     history: list[dict] = []
     valid_history: list[dict] = []
-    if valid_prompts:
+    if resumed_from is not None:  # the curves so far, for the plot and the summary
+        logged = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        history = [r for r in logged if r.get("type") == "train"]
+        valid_history = [r for r in logged if r.get("type") == "valid"]
+    elif valid_prompts:
         valid_reward = held_out_reward(model, tokenizer, valid_prompts, valid_ids, score, config, eos_ids, pad_id)
         valid_history.append({"type": "valid", "step": 0, "reward": round(valid_reward, 6)})
         metrics.write(valid_history[-1])
     throughput = Throughput()
-    trained_tokens = 0
-    order: list[int] = []
-    step = 0
+    trained_tokens = progress["trained_tokens"]
+    order: list[int] = list(progress["order"])
+    step = progress["step"]
     status = "completed"
-    bar = tqdm(total=total_steps, desc="grpo", unit="step", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=step, desc="grpo", unit="step", file=sys.stderr, dynamic_ncols=True)
     with StopRequest() as stop:
         while step < total_steps:
             if len(order) < config.batch_size:  # a fresh shuffled pass over the prompts
@@ -192,13 +211,21 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
             # 1-2. Sample a group per prompt and score it.
             model.eval()
             group = [i for i in indices for _ in range(config.group_size)]
-            outputs, reasons = generate_ids(model, [prompt_ids[i] for i in group], eos_ids=eos_ids, pad_id=pad_id,
-                                            max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                            generator=generator)
+            outputs, reasons = generate_ids(
+                model,
+                [prompt_ids[i] for i in group],
+                eos_ids=eos_ids,
+                pad_id=pad_id,
+                max_new_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                generator=generator,
+            )
             model.train()
             texts = [tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
-            rewards = torch.tensor(score([prompts[i].messages for i in group], texts, [prompts[i].reference for i in group]),
-                                   dtype=torch.float32)
+            rewards = torch.tensor(
+                score([prompts[i].messages for i in group], texts, [prompts[i].reference for i in group]),
+                dtype=torch.float32,
+            )
             # 3. Advantages within each prompt's group.
             advantages = group_advantages(rewards.view(len(indices), config.group_size)).view(-1)
 
@@ -208,10 +235,16 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
                 answer = completion + ([stop_id] if reason == "stop" else [])
                 examples.append(TokenizedExample(prompt_ids[i] + answer, [IGNORE_INDEX] * len(prompt_ids[i]) + answer))
             lengths = [len(e.input_ids) for e in examples]
-            micro_batches = split_micro_batches(list(range(len(examples))), lengths, config.micro_batch_tokens, max_rows=len(examples))
+            micro_batches = split_micro_batches(
+                list(range(len(examples))), lengths, config.micro_batch_tokens, max_rows=len(examples)
+            )
             step_tokens = sum(len(e.input_ids) - len(prompt_ids[i]) for e, i in zip(examples, group, strict=True))
             model.eval()
-            old = all_logprobs(model, examples, micro_batches, pad_id, device, dtype) if config.policy_updates > 1 else None
+            old = (
+                all_logprobs(model, examples, micro_batches, pad_id, device, dtype)
+                if config.policy_updates > 1
+                else None
+            )
             if config.kl_beta > 0:
                 with reference_policy(model, config):
                     reference = all_logprobs(model, examples, micro_batches, pad_id, device, dtype)
@@ -226,19 +259,23 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
                 for m, micro in enumerate(micro_batches):
                     with autocast_for(device, dtype):
                         logprobs = completion_logprobs(model, [examples[i] for i in micro], pad_id, device)
-                    token_advantages = torch.cat([advantages[i].expand(len(examples[i].input_ids) - len(prompt_ids[group[i]]))
-                                                  for i in micro]).to(logprobs.device)
+                    token_advantages = torch.cat(
+                        [advantages[i].expand(len(examples[i].input_ids) - len(prompt_ids[group[i]])) for i in micro]
+                    ).to(logprobs.device)
                     old_logprobs = old[m].to(logprobs.device) if old is not None else logprobs.detach()
                     ref_logprobs = reference[m].to(logprobs.device) if config.kl_beta > 0 else logprobs.detach()
-                    token_loss, kl = grpo_token_loss(logprobs, old_logprobs, ref_logprobs, token_advantages,
-                                                     config.clip_epsilon, config.kl_beta)
+                    token_loss, kl = grpo_token_loss(
+                        logprobs, old_logprobs, ref_logprobs, token_advantages, config.clip_epsilon, config.kl_beta
+                    )
                     (token_loss.sum() / step_tokens).backward()
                     loss_total += float(token_loss.detach().sum()) / step_tokens
                     kl_total += float(kl.sum())
                     ratio = torch.exp(logprobs.detach() - old_logprobs)
                     clipped += int(((ratio - 1).abs() > config.clip_epsilon).sum())
                 if config.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for p in model.parameters() if p.requires_grad], config.max_grad_norm
+                    )
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
 
@@ -264,9 +301,19 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
             bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{record['kl']:.4f}")
             bar.update(1)
             if valid_prompts and (step % eval_every == 0 or step == total_steps):
-                valid_reward = held_out_reward(model, tokenizer, valid_prompts, valid_ids, score, config, eos_ids, pad_id)
+                valid_reward = held_out_reward(
+                    model, tokenizer, valid_prompts, valid_ids, score, config, eos_ids, pad_id
+                )
                 valid_history.append({"type": "valid", "step": step, "reward": round(valid_reward, 6)})
                 metrics.write(valid_history[-1])
+            if config.save_every and (step % config.save_every == 0 or stop.requested) and step < total_steps:
+                progress.update(
+                    step=step, trained_tokens=trained_tokens, order=order, sampler=generator.get_state().tolist()
+                )
+                path = save_checkpoint(
+                    output, step, model, optimizer, progress, config.keep_checkpoints, config.to_dict()
+                )
+                metrics.write({"type": "checkpoint", "step": step, "path": str(path)})
             if stop.requested:
                 status = "stopped"
                 break
@@ -304,6 +351,7 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "resumed_from": str(resumed_from) if resumed_from else None,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if config.eval_data or config.max_forgetting is not None:
@@ -328,7 +376,9 @@ def write_plot(path: Path, history: list[dict], valid_history: list[dict]) -> Pa
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     axes[0].plot(steps, [r["reward"] for r in history], label="train (sampled)")
     if valid_history:
-        axes[0].plot([r["step"] for r in valid_history], [r["reward"] for r in valid_history], "o-", label="held-out (greedy)")
+        axes[0].plot(
+            [r["step"] for r in valid_history], [r["reward"] for r in valid_history], "o-", label="held-out (greedy)"
+        )
     axes[0].set_title("mean reward")
     axes[0].legend()
     axes[1].plot(steps, [r["kl"] for r in history])
