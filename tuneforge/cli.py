@@ -96,10 +96,11 @@ def train_config_from_args(args):
 
 def run_train(args) -> int:
     config = train_config_from_args(args)
-    if args.nproc and args.nproc > 1:
-        return launch_torchrun(args.nproc, args.argv)
-    from tuneforge.distributed import check_distributed_config, launched_world
+    from tuneforge.distributed import World, check_distributed_config, launched_world
 
+    if args.nproc and args.nproc > 1:
+        check_distributed_config(config, World(0, args.nproc, 0))  # say it once, before torchrun starts N copies
+        return launch_torchrun(args.nproc, args.argv)
     world = launched_world()
     check_distributed_config(config, world)
     if config.method in ("sft", "dpo", "reward"):  # grpo takes prompt-only rows

@@ -141,9 +141,13 @@ def test_checkpoints_move_between_two_processes_and_one(tmp_path, tiny_model_dir
 def test_what_has_no_distributed_loop_is_refused_before_loading(monkeypatch, capsys, tmp_path, arguments, message):
     from tuneforge.cli import main
 
+    data = write_jsonl(tmp_path / "train.jsonl", [])
+    # Asked with --nproc: refused before torchrun starts any process.
+    assert main(["train", "--data", str(data), "--output", str(tmp_path / "out"), "--nproc", "2", *arguments]) == 2
+    assert message in capsys.readouterr().err
+    # Launched by torchrun directly: each rank refuses before loading anything.
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    data = write_jsonl(tmp_path / "train.jsonl", [])
     assert main(["train", "--data", str(data), "--output", str(tmp_path / "out"), *arguments]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
