@@ -87,6 +87,26 @@ def test_identical_models_show_no_drift(tiny_models):
     assert result["mean_kl"] == pytest.approx(0.0, abs=1e-6)
     assert result["answer_agreement"] == 1.0 and result["n_questions"] == 20
     assert result["passed"] is True and result["n_tokens"] == 3 * 11
+    # The same model is as right (or wrong) as itself on the 17 checkable general questions.
+    assert result["n_checked_questions"] == 17 and result["base_general_correct"] == result["tuned_general_correct"]
+
+
+@pytest.mark.parametrize(
+    ("answer", "accept", "correct"),
+    [
+        ("12 times 7 is 84.", ["84"], True),
+        ('{"order_id":"B84313"}', ["84"], False),  # inside another token: not an answer
+        ("The capital of France is PARIS", ["Paris"], True),
+        ("Buenos días!", ["buenos días", "buenos dias"], True),
+        ("It is H₂O.", ["H2O", "H₂O"], True),
+        ("hotel", ["hot"], False),
+        ("", ["7"], False),
+    ],
+)
+def test_general_answers_are_checked_by_whole_words(answer, accept, correct):
+    from tuneforge.evaluate.forgetting import answers_correctly
+
+    assert answers_correctly(answer, accept) is correct
 
 
 def test_text_drift_matches_a_direct_computation(tiny_models):

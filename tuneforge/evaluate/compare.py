@@ -210,6 +210,11 @@ def verdict(report: dict) -> str:
         line += f"; forgetting {forgetting['perplexity_change_pct']:+.1f}% perplexity"
         if forgetting.get("answer_agreement") is not None:
             line += f", {forgetting['answer_agreement']:.0%} general answers unchanged"
+        if forgetting.get("tuned_general_correct") is not None:
+            line += (
+                f", general questions {forgetting['base_general_correct']:.0%} -> "
+                f"{forgetting['tuned_general_correct']:.0%} correct"
+            )
         if forgetting.get("passed") is not None:
             gate = forgetting["max_forgetting_pct"]
             line += f" ({'within' if forgetting['passed'] else 'FAILS'} {gate:g}% gate)"

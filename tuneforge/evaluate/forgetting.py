@@ -11,7 +11,10 @@ Three measurements of drift between the base model and the fine-tuned one, all o
 - mean KL(base || fine-tuned) of next-token distributions over those same windows (nats per token; 0 when
   the models are identical, never negative).
 - agreement of greedy answers to ~20 general questions (`general_questions.jsonl`): the share of
-  questions where both models give the same answer (after stripping whitespace).
+  questions where both models give the same answer (after stripping whitespace); and, on the questions
+  with a checkable answer (an `accept` list: "Paris", "84", ...), how many each model answers correctly
+  (an accepted word or phrase appears as a whole word, case-insensitive). Agreement says the model
+  changed; correctness says whether it still knows.
 """
 
 from __future__ import annotations
@@ -106,14 +109,38 @@ def text_drift(base, tuned, windows: list[list[int]], batch_size: int = 8) -> di
 
 
 def load_general_questions(path: str | Path = GENERAL_QUESTIONS) -> list[list[dict]]:
+    return [row["messages"] for row in _general_rows(path)]
+
+
+def load_general_accepts(path: str | Path = GENERAL_QUESTIONS) -> list[list[str] | None]:
+    """Per question: the accepted answers (None where the question is open-ended)."""
+    return [row.get("accept") for row in _general_rows(path)]
+
+
+def _general_rows(path) -> list[dict]:
     with Path(path).open() as handle:
-        return [json.loads(line)["messages"] for line in handle if line.strip()]
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def answers_correctly(answer: str, accept: list[str]) -> bool:
+    """An accepted answer appears in `answer` as a whole word or phrase (case-insensitive): "84" counts in
+    "12 times 7 is 84." but not inside an order id like "B84313"."""
+    import re
+
+    return any(re.search(rf"(?<!\w){re.escape(word)}(?!\w)", answer, flags=re.IGNORECASE) for word in accept)
 
 
 def answer_agreement(
-    base, tuned, tokenizer, questions: list[list[dict]], max_new_tokens: int = 48, batch_size: int = 32
+    base,
+    tuned,
+    tokenizer,
+    questions: list[list[dict]],
+    max_new_tokens: int = 48,
+    batch_size: int = 32,
+    accepts: list[list[str] | None] | None = None,
 ) -> dict:
-    """Share of general questions where base and fine-tuned give the same greedy answer."""
+    """Share of general questions where base and fine-tuned give the same greedy answer, and (with
+    `accepts`) the share of checkable ones each answers correctly."""
     from tuneforge.evaluate.generation import generate_chat
 
     base_answers = [
@@ -125,14 +152,26 @@ def answer_agreement(
         for o in generate_chat(tuned, tokenizer, questions, max_new_tokens=max_new_tokens, batch_size=batch_size)
     ]
     same = [a.strip() == b.strip() for a, b in zip(base_answers, tuned_answers, strict=True)]
-    return {
+    accepts = accepts or [None] * len(questions)
+    answers = []
+    for q, a, b, s, accept in zip(questions, base_answers, tuned_answers, same, accepts, strict=True):
+        entry = {"question": q[-1]["content"], "base": a, "fine_tuned": b, "same": s}
+        if accept:
+            entry.update(base_correct=answers_correctly(a, accept), fine_tuned_correct=answers_correctly(b, accept))
+        answers.append(entry)
+    result = {
         "n_questions": len(questions),
         "answer_agreement": round(sum(same) / max(len(same), 1), 4),
-        "answers": [
-            {"question": q[-1]["content"], "base": a, "fine_tuned": b, "same": s}
-            for q, a, b, s in zip(questions, base_answers, tuned_answers, same, strict=True)
-        ],
     }
+    scored = [e for e in answers if "base_correct" in e]
+    if scored:
+        result.update(
+            n_checked_questions=len(scored),
+            base_general_correct=round(sum(e["base_correct"] for e in scored) / len(scored), 4),
+            tuned_general_correct=round(sum(e["fine_tuned_correct"] for e in scored) / len(scored), 4),
+        )
+    result["answers"] = answers
+    return result
 
 
 def measure_forgetting(
@@ -151,9 +190,13 @@ def measure_forgetting(
     windows = token_windows(tokenizer, corpus["texts"], n_windows, window)
     result = {"corpus": {k: corpus[k] for k in ("name", "python", "sha256")}, "window_tokens": window}
     result.update(text_drift(base, tuned, windows))
-    questions = load_general_questions() if questions is None else questions
+    accepts = None
+    if questions is None:
+        questions, accepts = load_general_questions(), load_general_accepts()
     if questions:
-        result.update(answer_agreement(base, tuned, tokenizer, questions, max_new_tokens=max_new_tokens))
+        result.update(
+            answer_agreement(base, tuned, tokenizer, questions, max_new_tokens=max_new_tokens, accepts=accepts)
+        )
     result["max_forgetting_pct"] = max_forgetting
     result["passed"] = None if max_forgetting is None else bool(result["perplexity_change_pct"] <= max_forgetting)
     return result

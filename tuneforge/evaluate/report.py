@@ -110,10 +110,18 @@ def plot_forgetting(forgetting: dict, path: Path) -> Path:
     axes[1].set_title("mean next-token KL (nats)", fontsize=10)
     agreement = forgetting.get("answer_agreement")
     if agreement is not None:
-        bars = axes[2].bar(["same", "changed"], [100 * agreement, 100 * (1 - agreement)], color=["#2bb673", "#d33"])
+        labels, values, colors = ["unchanged"], [100 * agreement], ["#888"]
+        if forgetting.get("tuned_general_correct") is not None:
+            labels += ["base\ncorrect", "tuned\ncorrect"]
+            values += [100 * forgetting["base_general_correct"], 100 * forgetting["tuned_general_correct"]]
+            colors += [
+                "#4a7fd4",
+                "#2bb673" if forgetting["tuned_general_correct"] >= forgetting["base_general_correct"] else "#d33",
+            ]
+        bars = axes[2].bar(labels, values, color=colors)
         axes[2].bar_label(bars, fmt="%.0f%%", fontsize=8)
         axes[2].set_ylim(0, 110)
-    axes[2].set_title("general answers vs base (%)", fontsize=10)
+    axes[2].set_title("general questions (%)", fontsize=10)
     for ax in axes:
         ax.margins(y=0.15)
     fig.tight_layout()
@@ -171,6 +179,9 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
             "perplexity_change_pct",
             "mean_kl",
             "answer_agreement",
+            "n_checked_questions",
+            "base_general_correct",
+            "tuned_general_correct",
             "n_tokens",
             "max_forgetting_pct",
             "passed",
@@ -184,6 +195,22 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
         + "".join(f"<td><code>{esc(str(v)[:160])}</code></td>" for v in (e["prompt"], e["reference"], e["prediction"]))
         + "</tr>"
         for e in examples
+    )
+
+    def mark(entry, key):
+        return "" if key not in entry else (" ✓" if entry[key] else " ✗")
+
+    general_rows = "".join(
+        f"<tr><td>{esc(a['question'])}</td><td><code>{esc(a['base'][:120])}</code>{mark(a, 'base_correct')}</td>"
+        f"<td><code>{esc(a['fine_tuned'][:120])}</code>{mark(a, 'fine_tuned_correct')}</td></tr>"
+        for a in forgetting.get("answers") or []
+    )
+    general = (
+        '<h2>General questions: base vs fine-tuned</h2><table class="examples"><tr><th>question</th><th>base</th>'
+        f"<th>fine-tuned</th></tr>{general_rows}</table><p>✓/✗: an accepted answer appears (questions with a "
+        "checkable answer only).</p>"
+        if general_rows
+        else ""
     )
     status = {True: "passed", False: "FAILED", None: "not gated"}[report.get("passed")]
     return f"""<!doctype html>
@@ -206,6 +233,7 @@ becomes available); "batch wall time per answer" is total batched time divided b
 sha256 {esc(corpus.get("sha256", "–")[:16])}…).</p><table>{forgetting_rows}</table>
 <h2>Plots</h2>{figures}
 <h2>Fine-tuned answers (first 10)</h2><table class="examples"><tr><th>prompt</th><th>reference</th><th>prediction</th></tr>{example_rows}</table>
+{general}
 </body></html>
 """
 
