@@ -90,10 +90,13 @@ def plot_variants(variants: dict, path: Path) -> Path:
 def plot_forgetting(forgetting: dict, path: Path) -> Path:
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.4), dpi=100)
+    # Red when the fine-tune fails the gate (or, ungated, when perplexity rose at all).
+    gate = forgetting.get("max_forgetting_pct")
+    worse = forgetting["perplexity_change_pct"] > (gate if gate is not None else 0.0)
     ppl = axes[0].bar(
         ["base", "fine-tuned"],
         [forgetting["base_perplexity"], forgetting["tuned_perplexity"]],
-        color=[COLORS["zero_shot"], COLORS["fine_tuned"]],
+        color=[COLORS["zero_shot"], "#d33" if worse else COLORS["fine_tuned"]],
     )
     axes[0].bar_label(ppl, fmt="%.2f", fontsize=8)
     axes[0].set_title(f"general-text perplexity ({forgetting['perplexity_change_pct']:+.1f}%)", fontsize=10)
@@ -104,7 +107,7 @@ def plot_forgetting(forgetting: dict, path: Path) -> Path:
             linestyle="--",
             label=f"gate +{forgetting['max_forgetting_pct']:g}%",
         )
-        axes[0].legend(fontsize=7, loc="lower right")
+        axes[0].legend(fontsize=7, loc="upper left")
     kl = axes[1].bar(["KL(base||tuned)"], [forgetting["mean_kl"]], color="#e8743b")
     axes[1].bar_label(kl, fmt="%.4f", fontsize=8)
     axes[1].set_title("mean next-token KL (nats)", fontsize=10)
