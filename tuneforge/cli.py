@@ -71,7 +71,7 @@ def add_train_command(subparsers) -> None:
     p.add_argument("--eval-data", help="evaluate on this test JSONL after training (results in summary.json)")
     p.add_argument("--init-adapter", help="start from this LoRA adapter (e.g. an SFT run before DPO)")
     p.add_argument("--beta", type=float, help="preference-tuning temperature (dpo)")
-    p.add_argument("--replay", help="general data mixed into training against forgetting (JSONL/text or builtin:pydoc)")
+    p.add_argument("--replay", help="general data mixed into training against forgetting (JSONL/text, builtin:pydoc, or builtin:self: the model's own answers to general prompts)")
     p.add_argument("--replay-ratio", type=float, help="replay examples per training example (e.g. 0.25)")
     p.add_argument(
         "--max-forgetting", type=float, help="fail (exit 1) if general-text perplexity rises more than PCT%%"

@@ -73,7 +73,7 @@ class TrainConfig:
     temperature: float = 1.0
     policy_updates: int = 1  # optimizer steps per batch of sampled completions (clipping matters when > 1)
     # Forgetting: replay general data, stop early, gate on general-text perplexity (see tuneforge.evaluate.forgetting).
-    replay: str | None = None  # JSONL/text file or builtin:pydoc
+    replay: str | None = None  # JSONL/text file, builtin:pydoc or builtin:self (self-replay, see data/replay.py)
     replay_ratio: float = 0.0  # replay examples per training example
     max_forgetting: float | None = None  # % perplexity rise on general text that fails the run's gate
     early_stopping_patience: int | None = None  # stop after N validation passes without a new best

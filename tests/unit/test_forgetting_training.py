@@ -126,3 +126,42 @@ def test_eval_data_and_forgetting_gate_land_in_summary(tmp_path, tiny_model_dir,
     assert forgetting["passed"] == (forgetting["perplexity_change_pct"] <= 0.0)
     saved = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert saved["forgetting"]["passed"] == forgetting["passed"] and "eval" in saved
+
+
+def test_self_replay_trains_on_the_models_own_finished_answers(tmp_path, tiny_model_dir, qa_rows, monkeypatch):
+    """builtin:self asks the model as training starts; answers cut by the token budget are dropped. The
+    generation is replaced by a recorder here (a tiny random model never finishes a sentence)."""
+    import tuneforge.evaluate.generation as generation
+    from tuneforge.data.replay import GENERAL_PROMPTS
+
+    asked: list[str] = []
+
+    def fake_generate_chat(model, tokenizer, conversations, max_new_tokens, **_):
+        assert not model.training  # answered in eval mode, as at inference
+        asked.extend(c[-1]["content"] for c in conversations)
+        return [
+            {"text": "yes a b" if i % 3 else "no", "finish_reason": "length" if i % 3 == 2 else "stop"}
+            for i in range(len(conversations))
+        ]
+
+    monkeypatch.setattr(generation, "generate_chat", fake_generate_chat)
+    summary = run(
+        tmp_path, tiny_model_dir, qa_rows[:8], replay="builtin:self", replay_ratio=0.5, max_steps=2, batch_size=4
+    )
+    assert asked == GENERAL_PROMPTS.read_text().splitlines()
+    assert summary["n_replay_examples"] == 4 and summary["n_examples"] == 12
+
+
+def test_self_replay_refuses_when_no_answer_finishes(tmp_path, tiny_model_dir, qa_rows, monkeypatch):
+    import tuneforge.evaluate.generation as generation
+    from tuneforge.errors import UserError
+
+    monkeypatch.setattr(
+        generation,
+        "generate_chat",
+        lambda model, tokenizer, conversations, **_: [
+            {"text": "a b c", "finish_reason": "length"} for _ in conversations
+        ],
+    )
+    with pytest.raises(UserError, match="finished none"):
+        run(tmp_path, tiny_model_dir, qa_rows[:8], replay="builtin:self", replay_ratio=0.5, max_steps=1, batch_size=4)

@@ -150,7 +150,7 @@ def train(config: TrainConfig) -> dict:
     model, tokenizer, device, dtype = build_model(config, distributed.device_for(world))
     train_examples = tokenize_all(tokenizer, conversations, config.max_length, train_path)
     replay = replay_examples(
-        tokenizer, config.replay, config.replay_ratio, len(train_examples), config.seed, config.max_length
+        tokenizer, config.replay, config.replay_ratio, len(train_examples), config.seed, config.max_length, model=model
     )
     train_examples += replay
     valid_examples = tokenize_all(
