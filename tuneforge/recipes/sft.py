@@ -326,6 +326,7 @@ def train(config: TrainConfig) -> dict:
         restore_trainable(model, best_weights)  # keep the best validation loss, not the last step
     train_seconds = progress.get("train_seconds", 0.0) + throughput.seconds
     save_weights(model, tokenizer, output, writer=world.is_main)
+    distributed.teardown(world)  # the last collective; rank 0's evaluation below runs on its own
     tail = recent_losses[-max(1, len(recent_losses) // 10) :] if recent_losses else []
     summary = {
         "status": status,
@@ -364,5 +365,4 @@ def train(config: TrainConfig) -> dict:
     if world.is_main:
         write_summary(output, summary)
     metrics.close()
-    distributed.teardown(world)
     return summary
