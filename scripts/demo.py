@@ -52,6 +52,10 @@ def main() -> int:
           + (f", base {SHOTS}-shot {few['exact_match']:.0%}" if few else "")
           + f" -> fine-tuned {tuned['exact_match']:.0%} (valid JSON: {zero.get('json_valid', 0):.0%} -> {tuned.get('json_valid', 0):.0%})")
     print(f"verdict: {report['verdict']}")
+    if report["passed"] is False:
+        from tuneforge.evaluate.compare import FORGETTING_HINT
+
+        print(FORGETTING_HINT)
     print(
         f"training: {summary['steps']} steps, {summary['trained_tokens']} tokens in {summary['train_seconds']:.0f}s "
         f"({summary['tokens_per_second']:.0f} tokens/s), final loss {summary['final_train_loss']}, "

@@ -67,5 +67,9 @@ def run_compare(args) -> int:
     output = Path(args.output) if args.output else Path(args.adapter) / "report"
     paths = write_report(report, output)
     print(report["verdict"])
+    if report["passed"] is False:
+        from tuneforge.evaluate.compare import FORGETTING_HINT
+
+        print(FORGETTING_HINT, file=sys.stderr)
     print(f"report: {paths['html']}", file=sys.stderr)
     return 1 if report["passed"] is False else 0

@@ -292,6 +292,13 @@ def compare(
     return report
 
 
+FORGETTING_HINT = (
+    "hint: the fine-tune forgot general ability; mix general data back into training, e.g. "
+    "--replay builtin:self --replay-ratio 0.25 (the model's own answers to general prompts) or "
+    "--replay builtin:pydoc; or train fewer epochs / a lower --lr. See docs/evaluation.md."
+)
+
+
 def training_eval(model, tokenizer, config) -> dict:
     """The end-of-training checks `tuneforge train` writes into summary.json: "eval" and "forgetting".
 
