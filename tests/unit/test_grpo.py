@@ -117,3 +117,31 @@ def test_grpo_resumed_from_a_checkpoint_ends_where_an_uninterrupted_run_does(tmp
     b = load_file(str(tmp_path / "resumed" / "adapter_model.safetensors"))
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_exact_match_reward_after_a_short_sft_raises_the_held_out_reward(tmp_path, peaked_model_dir):
+    """The usual pipeline, SFT then RL, with the builtin exact_match reward: two SFT steps leave the policy
+    rarely exactly right (greedy held-out reward 0); GRPO on sampled groups makes it exact on prompts it
+    never trained on (the answer is always "yes", so it generalises to held-out letters)."""
+    from tuneforge.recipes import sft
+
+    letters = "abcdefghijklmnopqrstuvwxyz"
+
+    def rows(chars):
+        return [{"messages": [{"role": "user", "content": f"what is {c}"}, {"role": "assistant", "content": "yes"}]}
+                for c in chars]
+
+    data = write_jsonl(tmp_path / "train.jsonl", rows(letters[:20]))
+    valid = write_jsonl(tmp_path / "valid.jsonl", rows(letters[20:]))
+    common = {"data": str(data), "model": str(peaked_model_dir), "dtype": "float32", "seed": 1}
+    sft.train(build_config({**common, "output": str(tmp_path / "sft"), "max_steps": 2, "batch_size": 4,
+                            "learning_rate": 5e-3}))
+    summary = train(build_config({**common, "output": str(tmp_path / "grpo"), "method": "grpo", "reward": "exact_match",
+                                  "validation_data": str(valid), "init_adapter": str(tmp_path / "sft"),
+                                  "max_steps": 12, "batch_size": 4, "group_size": 8, "max_new_tokens": 3,
+                                  "learning_rate": 1e-2, "lr_schedule": "constant", "eval_every": 4}))
+    records = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    sampled = [r["reward"] for r in records if r["type"] == "train"]
+    assert sum(sampled[-3:]) / 3 > sum(sampled[:3]) / 3 + 0.2
+    assert summary["initial_valid_reward"] <= 0.5 and summary["final_valid_reward"] == 1.0
+    assert (tmp_path / "grpo" / "grpo.png").is_file()
