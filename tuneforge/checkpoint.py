@@ -183,6 +183,17 @@ def _test_crash_point(step: int) -> None:
         os._exit(137)
 
 
+def resume_point(run_dir: Path, resume: str | None) -> Path | None:
+    """The checkpoint a run resumes from: `auto` = the newest complete one in the run folder (None when
+    there is none yet, so a first attempt starts fresh), or the folder given."""
+    if not resume:
+        return None
+    if resume == "auto":
+        candidates = complete_checkpoints(run_dir)
+        return candidates[-1] if candidates else None
+    return Path(resume)
+
+
 def restore_trainable(model, weights: dict[str, torch.Tensor]) -> None:
     """Copy whole trained weights (from `trainable_state` or a checkpoint) into the model, sharded or not."""
     params = dict(model.named_parameters())

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from tuneforge.checkpoint import complete_checkpoints, load_checkpoint, save_checkpoint, save_weights, write_json_atomic
+from tuneforge.checkpoint import load_checkpoint, resume_point, save_checkpoint, save_weights, write_json_atomic
 from tuneforge.config import TrainConfig
 from tuneforge.data.batching import collate, plan_epoch, split_micro_batches
 from tuneforge.data.formats import load_preference_pairs
@@ -69,7 +69,9 @@ def reference_mode(model, config: TrainConfig):
 
 
 @torch.no_grad()
-def reference_logprobs(model, pairs: list[TokenizedPair], config: TrainConfig, pad_id: int, device: str, dtype) -> torch.Tensor:
+def reference_logprobs(
+    model, pairs: list[TokenizedPair], config: TrainConfig, pad_id: int, device: str, dtype
+) -> torch.Tensor:
     """[n_pairs, 2] sequence log-probs of (chosen, rejected) under the reference policy."""
     result = torch.zeros(len(pairs), 2)
     if config.loss_type == "simpo" or not pairs:
@@ -100,8 +102,13 @@ class PairStats:
 
     def __init__(self):
         self.n = 0
-        self.sums = {"loss": 0.0, "rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/accuracies": 0.0,
-                     "logps/accuracies": 0.0}
+        self.sums = {
+            "loss": 0.0,
+            "rewards/chosen": 0.0,
+            "rewards/rejected": 0.0,
+            "rewards/accuracies": 0.0,
+            "logps/accuracies": 0.0,
+        }
 
     def add(self, losses, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps) -> None:
         self.n += losses.numel()
@@ -129,7 +136,9 @@ def evaluate_pairs(model, pairs, reference, config: TrainConfig, pad_id: int, de
     for micro in split_micro_batches(list(range(len(pairs))), lengths, config.micro_batch_tokens // 2, max_rows=32):
         with autocast_for(device, dtype):
             chosen, rejected, chosen_n, rejected_n = pair_logprobs(model, [pairs[i] for i in micro], pad_id, device)
-            losses, chosen_rewards, rejected_rewards = pair_losses(config, chosen, rejected, chosen_n, rejected_n, reference[micro])
+            losses, chosen_rewards, rejected_rewards = pair_losses(
+                config, chosen, rejected, chosen_n, rejected_n, reference[micro]
+            )
         stats.add(losses, chosen_rewards, rejected_rewards, chosen, rejected)
     model.train(was_training)
     return stats.means()
@@ -150,7 +159,9 @@ def train(config: TrainConfig) -> dict:
     lengths = [p.length for p in train_pairs]
 
     pairs_per_step = config.batch_size * config.gradient_accumulation
-    steps_per_epoch, total_steps, warmup = step_plan(len(train_pairs), pairs_per_step, config.epochs, config.max_steps, config.warmup_ratio)
+    steps_per_epoch, total_steps, warmup = step_plan(
+        len(train_pairs), pairs_per_step, config.epochs, config.max_steps, config.warmup_ratio
+    )
     peak_lr = config.resolved_learning_rate()
     eval_every = config.eval_every or max(1, total_steps // 5)
     optimizer = make_optimizer(model, config)
@@ -163,12 +174,9 @@ def train(config: TrainConfig) -> dict:
     output.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output / "train_config.json", config.to_dict())
     progress = {"step": 0, "epoch": 0, "step_in_epoch": 0, "trained_tokens": 0, "train_seconds": 0.0}
-    resumed_from = None
-    if config.resume:
-        candidates = complete_checkpoints(output) if config.resume == "auto" else [Path(config.resume)]
-        if candidates:
-            resumed_from = candidates[-1]
-            progress = load_checkpoint(resumed_from, model, optimizer)
+    resumed_from = resume_point(output, config.resume)
+    if resumed_from is not None:
+        progress = load_checkpoint(resumed_from, model, optimizer)
     metrics = MetricsLog(output / "metrics.jsonl", append=resumed_from is not None)
 
     print(
@@ -199,16 +207,22 @@ def train(config: TrainConfig) -> dict:
                 if step >= total_steps:
                     break
                 stats = PairStats()
-                for micro in split_micro_batches(indices, lengths, config.micro_batch_tokens // 2, max_rows=config.batch_size):
+                for micro in split_micro_batches(
+                    indices, lengths, config.micro_batch_tokens // 2, max_rows=config.batch_size
+                ):
                     with autocast_for(device, dtype):
-                        chosen, rejected, chosen_n, rejected_n = pair_logprobs(model, [train_pairs[i] for i in micro], pad_id, device)
+                        chosen, rejected, chosen_n, rejected_n = pair_logprobs(
+                            model, [train_pairs[i] for i in micro], pad_id, device
+                        )
                         losses, chosen_rewards, rejected_rewards = pair_losses(
                             config, chosen, rejected, chosen_n, rejected_n, train_reference[micro]
                         )
                     (losses.sum() / len(indices)).backward()
                     stats.add(losses, chosen_rewards, rejected_rewards, chosen, rejected)
                 if config.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for p in model.parameters() if p.requires_grad], config.max_grad_norm
+                    )
                 lr = learning_rate_at(step, total_steps, peak_lr, warmup, config.lr_schedule)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -216,16 +230,30 @@ def train(config: TrainConfig) -> dict:
                 optimizer.zero_grad(set_to_none=True)
 
                 step += 1
-                tokens = sum(len(train_pairs[i].chosen.input_ids) + len(train_pairs[i].rejected.input_ids) for i in indices)
+                tokens = sum(
+                    len(train_pairs[i].chosen.input_ids) + len(train_pairs[i].rejected.input_ids) for i in indices
+                )
                 throughput.add(tokens)
-                progress.update(step=step, epoch=epoch, step_in_epoch=step_in_epoch + 1,
-                                trained_tokens=progress["trained_tokens"] + tokens)
+                progress.update(
+                    step=step,
+                    epoch=epoch,
+                    step_in_epoch=step_in_epoch + 1,
+                    trained_tokens=progress["trained_tokens"] + tokens,
+                )
                 step_metrics = stats.means()
                 recent.append(step_metrics)
                 if step % config.log_every == 0 or step == total_steps:
-                    metrics.write({"type": "train", "step": step, "epoch": round(epoch + (step_in_epoch + 1) / len(plan), 4),
-                                   **step_metrics, "lr": lr, "tokens_per_second": round(throughput.tokens_per_second, 2),
-                                   "trained_tokens": progress["trained_tokens"]})
+                    metrics.write(
+                        {
+                            "type": "train",
+                            "step": step,
+                            "epoch": round(epoch + (step_in_epoch + 1) / len(plan), 4),
+                            **step_metrics,
+                            "lr": lr,
+                            "tokens_per_second": round(throughput.tokens_per_second, 2),
+                            "trained_tokens": progress["trained_tokens"],
+                        }
+                    )
                 bar.set_postfix(loss=f"{step_metrics['loss']:.4f}", acc=f"{step_metrics['rewards/accuracies']:.2f}")
                 bar.update(1)
                 if valid_pairs and (step % eval_every == 0 or step == total_steps):
@@ -235,7 +263,9 @@ def train(config: TrainConfig) -> dict:
                     progress["train_seconds"] = progress.get("train_seconds", 0.0) + throughput.seconds
                     path = save_checkpoint(output, step, model, optimizer, progress, config.keep_checkpoints)
                     progress["train_seconds"] -= throughput.seconds
-                    metrics.write({"type": "checkpoint", "step": step, "path": str(path), "train_loss": step_metrics["loss"]})
+                    metrics.write(
+                        {"type": "checkpoint", "step": step, "path": str(path), "train_loss": step_metrics["loss"]}
+                    )
                 if stop.requested:
                     status = "stopped"
                     break

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from tuneforge.checkpoint import complete_checkpoints, load_checkpoint, save_checkpoint, save_weights, write_json_atomic
+from tuneforge.checkpoint import load_checkpoint, resume_point, save_checkpoint, save_weights, write_json_atomic
 from tuneforge.config import TrainConfig
 from tuneforge.data.batching import collate, split_micro_batches
 from tuneforge.data.preference import RLPrompt, load_rl_prompts
@@ -169,14 +169,11 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
     # A checkpoint holds, besides weights, AdamW and the global RNGs: the step, the prompts still to come
     # in this pass, and the sampling generator's state, so a resumed run draws the same completions.
     progress = {"step": 0, "trained_tokens": 0, "order": [], "sampler": []}
-    resumed_from = None
-    if config.resume:
-        candidates = complete_checkpoints(output) if config.resume == "auto" else [Path(config.resume)]
-        if candidates:
-            resumed_from = candidates[-1]
-            progress = load_checkpoint(resumed_from, model, optimizer)
-            generator.set_state(torch.tensor(progress["sampler"], dtype=torch.uint8))
-            trim_metrics(output / "metrics.jsonl", progress["step"])
+    resumed_from = resume_point(output, config.resume)
+    if resumed_from is not None:
+        progress = load_checkpoint(resumed_from, model, optimizer)
+        generator.set_state(torch.tensor(progress["sampler"], dtype=torch.uint8))
+        trim_metrics(output / "metrics.jsonl", progress["step"])
     metrics = MetricsLog(output / "metrics.jsonl", append=resumed_from is not None)
     print(
         f"tuneforge: grpo {'full' if config.full else f'LoRA r={config.lora_r}'} on {config.model} | {len(prompts)} prompts x "

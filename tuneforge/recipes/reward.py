@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from tuneforge.checkpoint import complete_checkpoints, load_checkpoint, save_checkpoint, save_weights, write_json_atomic
+from tuneforge.checkpoint import load_checkpoint, resume_point, save_checkpoint, save_weights, write_json_atomic
 from tuneforge.config import TrainConfig
 from tuneforge.data.batching import collate, plan_epoch, split_micro_batches
 from tuneforge.data.formats import load_preference_pairs
@@ -71,7 +71,9 @@ class ScoredModel(torch.nn.Module):
         return self.value_head(picked.to(self.value_head.weight.dtype)).squeeze(-1)
 
 
-def pair_scores(scored: ScoredModel, pairs: list[TokenizedPair], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_scores(
+    scored: ScoredModel, pairs: list[TokenizedPair], pad_id: int, device: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, device)
     scores = scored(batch)
     return scores[: len(pairs)], scores[len(pairs) :]
@@ -125,7 +127,9 @@ def train(config: TrainConfig) -> dict:
     lengths = [p.length for p in train_pairs]
 
     pairs_per_step = config.batch_size * config.gradient_accumulation
-    steps_per_epoch, total_steps, warmup = step_plan(len(train_pairs), pairs_per_step, config.epochs, config.max_steps, config.warmup_ratio)
+    steps_per_epoch, total_steps, warmup = step_plan(
+        len(train_pairs), pairs_per_step, config.epochs, config.max_steps, config.warmup_ratio
+    )
     peak_lr = config.resolved_learning_rate()
     eval_every = config.eval_every or max(1, total_steps // 5)
     optimizer = make_optimizer(scored, config)
@@ -134,13 +138,10 @@ def train(config: TrainConfig) -> dict:
     output.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output / "train_config.json", config.to_dict())
     progress = {"step": 0, "epoch": 0, "step_in_epoch": 0, "trained_tokens": 0}
-    resumed_from = None
-    if config.resume:
-        candidates = complete_checkpoints(output) if config.resume == "auto" else [Path(config.resume)]
-        if candidates:
-            resumed_from = candidates[-1]
-            progress = load_checkpoint(resumed_from, scored, optimizer)  # LoRA (or all) weights + value head
-            trim_metrics(output / "metrics.jsonl", progress["step"])
+    resumed_from = resume_point(output, config.resume)
+    if resumed_from is not None:
+        progress = load_checkpoint(resumed_from, scored, optimizer)  # LoRA (or all) weights + value head
+        trim_metrics(output / "metrics.jsonl", progress["step"])
     metrics = MetricsLog(output / "metrics.jsonl", append=resumed_from is not None)
     print(
         f"tuneforge: reward model {'full' if config.full else f'LoRA r={config.lora_r}'} + value head on {config.model} | "
@@ -170,14 +171,18 @@ def train(config: TrainConfig) -> dict:
                 if step >= total_steps:
                     break
                 stats = RewardStats()
-                for micro in split_micro_batches(indices, lengths, config.micro_batch_tokens // 2, max_rows=config.batch_size):
+                for micro in split_micro_batches(
+                    indices, lengths, config.micro_batch_tokens // 2, max_rows=config.batch_size
+                ):
                     with autocast_for(device, dtype):
                         chosen, rejected = pair_scores(scored, [train_pairs[i] for i in micro], pad_id, device)
                         losses = bradley_terry_loss(chosen, rejected)
                     (losses.sum() / len(indices)).backward()
                     stats.add(losses, chosen, rejected)
                 if config.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_([p for p in scored.parameters() if p.requires_grad], config.max_grad_norm)
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for p in scored.parameters() if p.requires_grad], config.max_grad_norm
+                    )
                 lr = learning_rate_at(step, total_steps, peak_lr, warmup, config.lr_schedule)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -185,24 +190,42 @@ def train(config: TrainConfig) -> dict:
                 optimizer.zero_grad(set_to_none=True)
 
                 step += 1
-                tokens = sum(len(train_pairs[i].chosen.input_ids) + len(train_pairs[i].rejected.input_ids) for i in indices)
+                tokens = sum(
+                    len(train_pairs[i].chosen.input_ids) + len(train_pairs[i].rejected.input_ids) for i in indices
+                )
                 throughput.add(tokens)
                 trained_tokens += tokens
                 step_metrics = stats.means()
                 recent.append(step_metrics)
                 if step % config.log_every == 0 or step == total_steps:
-                    metrics.write({"type": "train", "step": step, "epoch": round(epoch + (step_in_epoch + 1) / len(plan), 4),
-                                   **step_metrics, "lr": lr, "tokens_per_second": round(throughput.tokens_per_second, 2),
-                                   "trained_tokens": trained_tokens})
+                    metrics.write(
+                        {
+                            "type": "train",
+                            "step": step,
+                            "epoch": round(epoch + (step_in_epoch + 1) / len(plan), 4),
+                            **step_metrics,
+                            "lr": lr,
+                            "tokens_per_second": round(throughput.tokens_per_second, 2),
+                            "trained_tokens": trained_tokens,
+                        }
+                    )
                 bar.set_postfix(loss=f"{step_metrics['loss']:.4f}", acc=f"{step_metrics['accuracy']:.2f}")
                 bar.update(1)
                 if valid_pairs and (step % eval_every == 0 or step == total_steps):
                     valid_metrics = evaluate_pairs(scored, valid_pairs, config, pad_id, device, dtype)
                     metrics.write({"type": "valid", "step": step, **valid_metrics})
                 epoch_end = step_in_epoch + 1 == len(plan)
-                if config.save_every and (step % config.save_every == 0 or stop.requested or epoch_end) and step < total_steps:
-                    progress.update(step=step, epoch=epoch, step_in_epoch=step_in_epoch + 1, trained_tokens=trained_tokens)
-                    path = save_checkpoint(output, step, scored, optimizer, progress, config.keep_checkpoints, config.to_dict())
+                if (
+                    config.save_every
+                    and (step % config.save_every == 0 or stop.requested or epoch_end)
+                    and step < total_steps
+                ):
+                    progress.update(
+                        step=step, epoch=epoch, step_in_epoch=step_in_epoch + 1, trained_tokens=trained_tokens
+                    )
+                    path = save_checkpoint(
+                        output, step, scored, optimizer, progress, config.keep_checkpoints, config.to_dict()
+                    )
                     metrics.write({"type": "checkpoint", "step": step, "path": str(path)})
                 if stop.requested:
                     status = "stopped"
@@ -253,9 +276,16 @@ def save_reward_model(scored: ScoredModel, tokenizer, output: Path, config: Trai
     save_weights(scored.model, tokenizer, output)
     head = {k: v.detach().float().contiguous().cpu() for k, v in scored.value_head.state_dict().items()}
     save_file(head, str(output / VALUE_HEAD_FILE))
-    write_json_atomic(output / REWARD_CONFIG_FILE, {"model": config.model, "full": config.full, "max_length": config.max_length,
-                                                   "hidden_size": scored.value_head.in_features,
-                                                   "score_position": "last answer token (end of turn)"})
+    write_json_atomic(
+        output / REWARD_CONFIG_FILE,
+        {
+            "model": config.model,
+            "full": config.full,
+            "max_length": config.max_length,
+            "hidden_size": scored.value_head.in_features,
+            "score_position": "last answer token (end of turn)",
+        },
+    )
 
 
 class RewardModel:
@@ -276,7 +306,9 @@ class RewardModel:
         for i, messages in enumerate(conversations):
             *prompt, answer = messages
             tools = (tools_list or [None] * len(conversations))[i]
-            examples.append(tokenize_conversation(self.tokenizer, with_answer(prompt, answer["content"]), tools, self.max_length))
+            examples.append(
+                tokenize_conversation(self.tokenizer, with_answer(prompt, answer["content"]), tools, self.max_length)
+            )
         scores: list[float] = []
         for start in range(0, len(examples), self.batch_size):
             batch = collate(examples[start : start + self.batch_size], self.pad_id, self.device)
@@ -287,7 +319,9 @@ class RewardModel:
         return self.score_conversations([[*prompt_messages, {"role": "assistant", "content": completion}]])[0]
 
     def batch(self, prompts: list[list[dict]], completions: list[str], references: list) -> list[float]:
-        return self.score_conversations([[*p, {"role": "assistant", "content": c}] for p, c in zip(prompts, completions, strict=True)])
+        return self.score_conversations(
+            [[*p, {"role": "assistant", "content": c}] for p, c in zip(prompts, completions, strict=True)]
+        )
 
 
 def load_reward_model(folder: str | Path, device: str | None = None) -> RewardModel:
@@ -295,7 +329,9 @@ def load_reward_model(folder: str | Path, device: str | None = None) -> RewardMo
 
     folder = Path(folder)
     if not (folder / VALUE_HEAD_FILE).is_file() or not (folder / REWARD_CONFIG_FILE).is_file():
-        raise UserError(f"{folder}: not a reward model (no {VALUE_HEAD_FILE} / {REWARD_CONFIG_FILE}); train one with --method reward")
+        raise UserError(
+            f"{folder}: not a reward model (no {VALUE_HEAD_FILE} / {REWARD_CONFIG_FILE}); train one with --method reward"
+        )
     settings = json.loads((folder / REWARD_CONFIG_FILE).read_text())
     model, tokenizer = load_model(None, str(folder), dtype=torch.float32, device=device)
     scored = ScoredModel(model, settings["hidden_size"])

@@ -24,9 +24,9 @@ from tqdm import tqdm
 
 from tuneforge import distributed
 from tuneforge.checkpoint import (
-    complete_checkpoints,
     load_checkpoint,
     restore_trainable,
+    resume_point,
     save_checkpoint,
     save_weights,
     trainable_state,
@@ -173,14 +173,11 @@ def train(config: TrainConfig) -> dict:
     if world.is_main:
         write_json_atomic(output / "train_config.json", config.to_dict())
     progress = {"step": 0, "epoch": 0, "step_in_epoch": 0, "trained_tokens": 0, "loss_tokens": 0, "train_seconds": 0.0}
-    resumed_from = None
-    if config.resume:
-        candidates = complete_checkpoints(output) if config.resume == "auto" else [Path(config.resume)]
-        if candidates:
-            resumed_from = candidates[-1]
-            progress = load_checkpoint(resumed_from, model, optimizer)
-            if world.is_main:
-                trim_metrics(output / "metrics.jsonl", progress["step"])  # drop what the dead run logged past it
+    resumed_from = resume_point(output, config.resume)
+    if resumed_from is not None:
+        progress = load_checkpoint(resumed_from, model, optimizer)
+        if world.is_main:
+            trim_metrics(output / "metrics.jsonl", progress["step"])  # drop what the dead run logged past it
     metrics = MetricsLog(output / "metrics.jsonl", append=resumed_from is not None, enabled=world.is_main)
 
     if world.is_main:
