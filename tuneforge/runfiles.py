@@ -24,13 +24,14 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
-def trim_metrics(path: Path, last_step: int) -> None:
+def trim_metrics(path: Path, last_step: int) -> list[dict]:
     """Drop metrics.jsonl records after `last_step` (written by a run that died before its next checkpoint),
-    so a resumed run's log reads as if it had never stopped. Atomic; a torn last line is dropped too."""
+    so a resumed run's log reads as if it had never stopped. Atomic; a torn last line is dropped too.
+    Returns the records kept (a resumed run rebuilds its curves from them)."""
     path = Path(path)
     if not path.exists():
-        return
-    kept = []
+        return []
+    kept, records = [], []
     for line in path.read_bytes().split(b"\n"):
         try:
             record = json.loads(line)
@@ -39,9 +40,11 @@ def trim_metrics(path: Path, last_step: int) -> None:
         step = record.get("step") if isinstance(record, dict) else None
         if isinstance(step, int) and step <= last_step:
             kept.append(line + b"\n")
+            records.append(record)
     staging = path.with_name(f".{path.name}.tmp")
     with staging.open("wb") as handle:
         handle.write(b"".join(kept))
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(staging, path)
+    return records

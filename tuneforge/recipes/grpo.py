@@ -23,7 +23,6 @@ when matplotlib is installed (`pip install tuneforge[report]`).
 
 from __future__ import annotations
 
-import json
 import random
 import resource
 import sys
@@ -169,11 +168,12 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
     # A checkpoint holds, besides weights, AdamW and the global RNGs: the step, the prompts still to come
     # in this pass, and the sampling generator's state, so a resumed run draws the same completions.
     progress = {"step": 0, "trained_tokens": 0, "order": [], "sampler": []}
+    logged: list[dict] = []  # what an earlier attempt logged up to the checkpoint
     resumed_from = resume_point(output, config.resume)
     if resumed_from is not None:
         progress = load_checkpoint(resumed_from, model, optimizer)
         generator.set_state(torch.tensor(progress["sampler"], dtype=torch.uint8))
-        trim_metrics(output / "metrics.jsonl", progress["step"])
+        logged = trim_metrics(output / "metrics.jsonl", progress["step"])
     metrics = MetricsLog(output / "metrics.jsonl", append=resumed_from is not None)
     print(
         f"tuneforge: grpo {'full' if config.full else f'LoRA r={config.lora_r}'} on {config.model} | {len(prompts)} prompts x "
@@ -184,7 +184,6 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
     history: list[dict] = []
     valid_history: list[dict] = []
     if resumed_from is not None:  # the curves so far, for the plot and the summary
-        logged = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines() if line.strip()]
         history = [r for r in logged if r.get("type") == "train"]
         valid_history = [r for r in logged if r.get("type") == "valid"]
     elif valid_prompts:

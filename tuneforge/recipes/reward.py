@@ -138,10 +138,11 @@ def train(config: TrainConfig) -> dict:
     output.mkdir(parents=True, exist_ok=True)
     write_json_atomic(output / "train_config.json", config.to_dict())
     progress = {"step": 0, "epoch": 0, "step_in_epoch": 0, "trained_tokens": 0}
+    logged: list[dict] = []  # what an earlier attempt logged up to the checkpoint
     resumed_from = resume_point(output, config.resume)
     if resumed_from is not None:
         progress = load_checkpoint(resumed_from, scored, optimizer)  # LoRA (or all) weights + value head
-        trim_metrics(output / "metrics.jsonl", progress["step"])
+        logged = trim_metrics(output / "metrics.jsonl", progress["step"])
     metrics = MetricsLog(output / "metrics.jsonl", append=resumed_from is not None)
     print(
         f"tuneforge: reward model {'full' if config.full else f'LoRA r={config.lora_r}'} + value head on {config.model} | "
@@ -154,7 +155,6 @@ def train(config: TrainConfig) -> dict:
         initial_valid = evaluate_pairs(scored, valid_pairs, config, pad_id, device, dtype)
         metrics.write({"type": "valid", "step": 0, **initial_valid})
     elif resumed_from is not None:  # the starting point was logged by the first attempt
-        logged = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines() if line.strip()]
         initial_valid = next((r for r in logged if r.get("type") == "valid" and r.get("step") == 0), {})
     throughput = Throughput()
     recent: list[dict] = []
