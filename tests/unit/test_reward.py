@@ -76,3 +76,74 @@ def test_reward_run_resumed_from_a_checkpoint_ends_where_an_uninterrupted_one_do
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), (name, key)
+
+
+class _FixedDecoder(torch.nn.Module):
+    """Stands in for a decoder: returns preset final hidden states."""
+
+    def __init__(self, hidden):
+        super().__init__()
+        self.hidden = hidden
+
+    def forward(self, input_ids, attention_mask, use_cache):
+        return type("Output", (), {"last_hidden_state": self.hidden})()
+
+
+class _FixedModel(torch.nn.Module):
+    def __init__(self, hidden):
+        super().__init__()
+        self.decoder = _FixedDecoder(hidden)
+
+    def get_decoder(self):
+        return self.decoder
+
+    def get_output_embeddings(self):
+        return None
+
+
+def test_score_pooling_reads_the_last_answer_token_or_the_mean_over_answer_tokens():
+    """Hand derivation. Head weight (1, 0), bias 0.5, so a position's value is hidden[..., 0] + 0.5.
+    Row 0: hidden[..., 0] = 1, 2, 3, 4, 0(pad); answer labels at positions 2 and 3.
+      last = 4 + 0.5 = 4.5;  mean = ((3 + 0.5) + (4 + 0.5)) / 2 = 4.0
+    Row 1: hidden[..., 0] = 10, 20, 30, 40, 50; answer labels at positions 1, 2 and 4.
+      last = 50 + 0.5 = 50.5;  mean = (20.5 + 30.5 + 50.5) / 3 = 33.8333..."""
+    from tuneforge.recipes.reward import ScoredModel
+
+    hidden = torch.zeros(2, 5, 2)
+    hidden[0, :, 0] = torch.tensor([1.0, 2, 3, 4, 0])
+    hidden[1, :, 0] = torch.tensor([10.0, 20, 30, 40, 50])
+    hidden[:, :, 1] = 7.0  # ignored by the head
+    labels = torch.tensor([[-100, -100, 5, 6, -100], [-100, 8, 9, -100, 3]])
+    batch = {"input_ids": torch.zeros(2, 5, dtype=torch.long), "attention_mask": torch.ones(2, 5), "labels": labels}
+    scores = {}
+    for pooling in ("last", "mean"):
+        scored = ScoredModel(_FixedModel(hidden), hidden_size=2, pooling=pooling)
+        with torch.no_grad():
+            scored.value_head.weight.copy_(torch.tensor([[1.0, 0.0]]))
+            scored.value_head.bias.fill_(0.5)
+        scores[pooling] = scored(batch)
+    assert torch.allclose(scores["last"], torch.tensor([4.5, 50.5]))
+    assert torch.allclose(scores["mean"], torch.tensor([4.0, (20.5 + 30.5 + 50.5) / 3]))
+
+
+def test_last_token_reward_model_learns_and_its_loader_pools_the_same_way(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "prefs.jsonl", rows())
+    out = tmp_path / "rm"
+    summary = train(build_config({"data": str(data), "model": str(tiny_model_dir), "output": str(out), "method": "reward",
+                                  "epochs": 2, "batch_size": 8, "learning_rate": 1e-2, "validation_split": 0.2,
+                                  "reward_pooling": "last", "dtype": "float32"}))
+    assert summary["pairwise_accuracy"] >= 0.9
+    assert json.loads((out / "reward_config.json").read_text())["pooling"] == "last"
+    rm = load_reward_model(out)
+    assert rm.scored.pooling == "last"
+    prompt = [{"role": "user", "content": "what is a"}]
+    assert rm(prompt, "yes d") > rm(prompt, "no d")
+
+
+def test_unknown_reward_pooling_is_refused():
+    import pytest
+
+    from tuneforge.errors import UserError
+
+    with pytest.raises(UserError, match="reward_pooling"):
+        build_config({"data": "x.jsonl", "method": "reward", "reward_pooling": "max"})

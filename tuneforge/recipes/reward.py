@@ -53,20 +53,31 @@ REWARD_CONFIG_FILE = "reward_config.json"
 
 
 class ScoredModel(torch.nn.Module):
-    """The causal LM's body (LoRA-wrapped) and a linear value head; its parameters are what trains."""
+    """The causal LM's body (LoRA-wrapped) and a linear value head; its parameters are what trains.
 
-    def __init__(self, model, hidden_size: int):
+    pooling "last": the head reads the last answer position (the end-of-turn token), which has attended to
+    the whole answer. "mean": the head scores every answer position and the score is their mean, so the
+    state at a wrong field value reports it directly instead of through the end-of-turn token (length-free,
+    unlike a sum, so a longer answer is not favoured by its length alone).
+    """
+
+    def __init__(self, model, hidden_size: int, pooling: str = "last"):
         super().__init__()
         self.model = model
+        self.pooling = pooling
         self.value_head = torch.nn.Linear(hidden_size, 1)
         torch.nn.init.normal_(self.value_head.weight, std=1.0 / math.sqrt(hidden_size))
         torch.nn.init.zeros_(self.value_head.bias)
 
     def forward(self, batch: dict) -> torch.Tensor:
-        """One score per row, read at the row's last trained (answer) position."""
+        """One score per row, from its answer (trained-label) positions."""
         hidden = final_hidden_states(self.model, batch)
+        answer = batch["labels"] != IGNORE_INDEX
+        if self.pooling == "mean":
+            values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+            return (values * answer).sum(dim=1) / answer.sum(dim=1).clamp(min=1)
         positions = torch.arange(batch["labels"].shape[1], device=hidden.device)
-        last = torch.where(batch["labels"] != IGNORE_INDEX, positions, -1).amax(dim=1)
+        last = torch.where(answer, positions, -1).amax(dim=1)
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         return self.value_head(picked.to(self.value_head.weight.dtype)).squeeze(-1)
 
@@ -120,7 +131,7 @@ def train(config: TrainConfig) -> dict:
 
     seed_everything(config.seed)
     model, tokenizer, device, dtype = build_model(config)
-    scored = ScoredModel(model, model.config.hidden_size).to(device)
+    scored = ScoredModel(model, model.config.hidden_size, config.reward_pooling).to(device)
     train_pairs = tokenize_pairs(tokenizer, raw_pairs, config.max_length, config.data)
     valid_pairs = tokenize_pairs(tokenizer, raw_valid, config.max_length, config.validation_data or config.data)
     pad_id = tokenizer.pad_token_id
@@ -145,7 +156,7 @@ def train(config: TrainConfig) -> dict:
         logged = trim_metrics(output / "metrics.jsonl", progress["step"])
     metrics = MetricsLog(output / "metrics.jsonl", append=resumed_from is not None)
     print(
-        f"tuneforge: reward model {'full' if config.full else f'LoRA r={config.lora_r}'} + value head on {config.model} | "
+        f"tuneforge: reward model {'full' if config.full else f'LoRA r={config.lora_r}'} + value head ({config.reward_pooling}) on {config.model} | "
         f"{len(train_pairs)} pairs, {total_steps} steps, {device} | trainable {n_trainable:,} of {n_params:,}",
         file=sys.stderr,
     )
@@ -283,7 +294,8 @@ def save_reward_model(scored: ScoredModel, tokenizer, output: Path, config: Trai
             "full": config.full,
             "max_length": config.max_length,
             "hidden_size": scored.value_head.in_features,
-            "score_position": "last answer token (end of turn)",
+            "pooling": scored.pooling,
+            "score_position": "last answer token (end of turn)" if scored.pooling == "last" else "mean over answer tokens",
         },
     )
 
@@ -334,7 +346,8 @@ def load_reward_model(folder: str | Path, device: str | None = None) -> RewardMo
         )
     settings = json.loads((folder / REWARD_CONFIG_FILE).read_text())
     model, tokenizer = load_model(None, str(folder), dtype=torch.float32, device=device)
-    scored = ScoredModel(model, settings["hidden_size"])
+    # Reward models written before pooling was a choice read the last token.
+    scored = ScoredModel(model, settings["hidden_size"], settings.get("pooling", "last"))
     scored.value_head.load_state_dict(load_file(str(folder / VALUE_HEAD_FILE)))
     scored.to(next(model.parameters()).device)
     for parameter in scored.parameters():
