@@ -146,6 +146,12 @@ def simpo_loss(policy_chosen_mean: torch.Tensor, policy_rejected_mean: torch.Ten
     return losses, chosen_rewards.detach(), rejected_rewards.detach()
 
 
+def chosen_nll(policy_chosen: torch.Tensor, chosen_token_counts: torch.Tensor) -> torch.Tensor:
+    """RPO's extra term (Pang et al. 2024), per pair: the chosen answer's mean negative log-likelihood per
+    token, -(sum of log p over its tokens) / (its token count). Added as rpo_alpha x this to the DPO loss."""
+    return -policy_chosen / chosen_token_counts.clamp(min=1).to(policy_chosen.dtype)
+
+
 def bradley_terry_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
     """Reward-model loss, per pair: -log sigmoid(r_chosen - r_rejected) (Bradley-Terry likelihood)."""
     return -F.logsigmoid(chosen_scores - rejected_scores)

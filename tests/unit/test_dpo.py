@@ -76,6 +76,20 @@ def test_preference_accuracy_rises_and_only_lora_changes(tmp_path, tiny_model_di
     assert_only_lora_changed(tiny_model_dir, out)
 
 
+def test_rpo_term_raises_the_chosen_answers_likelihood_beyond_plain_dpo(tmp_path, tiny_model_dir):
+    """Plain DPO only widens the chosen-rejected gap (both log-probs may fall); with rpo_alpha the chosen
+    answer's own log-prob must end higher than under plain DPO, from the same seed and data."""
+    run(tmp_path, tiny_model_dir, name="plain", max_steps=6, dtype="float32", seed=3)
+    rpo = run(tmp_path, tiny_model_dir, name="rpo", max_steps=6, dtype="float32", seed=3, rpo_alpha=1.0)
+
+    def last_chosen_logp(name):
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in records if r["type"] == "valid"][-1]["logps/chosen"]
+
+    assert rpo["preference_accuracy"] >= 0.5
+    assert last_chosen_logp("rpo") > last_chosen_logp("plain")
+
+
 def test_dpo_from_an_sft_adapter_uses_it_as_reference(tmp_path, tiny_model_dir):
     """Starting from an adapter, step 0 has policy == reference: every implicit reward is exactly 0."""
     first = run(tmp_path, tiny_model_dir, name="first", max_steps=2)

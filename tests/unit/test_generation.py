@@ -21,6 +21,59 @@ def test_batched_equals_one_at_a_time_and_hf_generate(tiny_model_dir):
         assert reference[0, len(prompt):].tolist() == tokens
 
 
+def test_shared_prefix_is_computed_once_and_gives_the_tokens_of_one_prompt_at_a_time(tiny_model_dir):
+    """Prompts sharing 20 tokens (over MIN_SHARED_PREFIX) take the prefix path: one pass over the prefix
+    with batch 1, its cache copied to each row, each row's own tokens after a padding gap. Greedy tokens
+    must equal those of each prompt alone, which never shares."""
+    from transformers import AutoModelForCausalLM
+
+    from tuneforge.evaluate import generation
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    shared = [1] + [(7 * i) % 50 + 5 for i in range(19)]
+    prompts = [shared + [8, 9], shared + [10, 11, 12, 13, 14], shared + [20]]
+    assert generation.shared_prefix_length(prompts) == 20 >= generation.MIN_SHARED_PREFIX
+    widths = []
+    original_forward = model.forward
+
+    def recording_forward(*args, **kwargs):
+        widths.append(tuple(kwargs["input_ids"].shape))
+        return original_forward(*args, **kwargs)
+
+    model.forward = recording_forward
+    batched, _ = generate_ids(model, prompts, eos_ids={-1}, pad_id=3, max_new_tokens=6)
+    assert widths[:2] == [(1, 20), (3, 5)]  # the prefix once, then only each row's own tokens
+    model.forward = original_forward
+    for prompt, tokens in zip(prompts, batched, strict=True):
+        alone, _ = generate_ids(model, [prompt], eos_ids={-1}, pad_id=3, max_new_tokens=6)
+        assert alone[0] == tokens
+
+
+def test_a_finished_row_leaves_the_batch_and_the_others_decode_unchanged(tiny_model_dir):
+    """Row 0 stops at its first token (made an end-of-turn id); afterwards the batch holds only rows 1 and 2,
+    whose tokens must be what they are when decoded alone."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    prompts = [[1, 5, 6], [1, 8, 9, 10, 11, 12], [1, 7]]
+    alone = [generate_ids(model, [p], eos_ids={-1}, pad_id=3, max_new_tokens=6)[0][0] for p in prompts]
+    stop_token = alone[0][0]
+    rows_per_step = []
+    original_forward = model.forward
+
+    def recording_forward(*args, **kwargs):
+        rows_per_step.append(kwargs["input_ids"].shape[0])
+        return original_forward(*args, **kwargs)
+
+    model.forward = recording_forward
+    tokens, reasons = generate_ids(model, prompts, eos_ids={stop_token}, pad_id=3, max_new_tokens=6)
+    assert tokens[0] == [] and reasons[0] == "stop"
+    assert rows_per_step[0] == 3 and rows_per_step[1] < 3
+    for row in (1, 2):
+        expected = alone[row][: alone[row].index(stop_token)] if stop_token in alone[row] else alone[row]
+        assert tokens[row] == expected
+
+
 def test_stops_at_end_of_turn_and_reports_reasons(tiny_model_dir, tiny_tokenizer):
     from transformers import AutoModelForCausalLM
 

@@ -9,6 +9,7 @@ import torch
 from tuneforge.data.tokenize import IGNORE_INDEX
 from tuneforge.losses import (
     bradley_terry_loss,
+    chosen_nll,
     dpo_sigmoid_loss,
     group_advantages,
     grpo_token_loss,
@@ -51,6 +52,16 @@ def test_simpo_hand_derived():
     losses, chosen, rejected = simpo_loss(torch.tensor([-0.5]), torch.tensor([-1.5]), beta=2.0, gamma=1.0)
     assert math.isclose(float(losses), math.log(1 + math.exp(-1)), rel_tol=1e-6)
     assert float(chosen) == -1.0 and float(rejected) == -3.0
+
+
+def test_chosen_nll_hand_derived():
+    """RPO's term is the chosen answer's mean token NLL: sum log p = -6 over 4 tokens -> 1.5; -2 over 1 -> 2.
+    Its gradient w.r.t. the summed log-prob is -1/count: -0.25 and -1."""
+    sums = torch.tensor([-6.0, -2.0], requires_grad=True)
+    nll = chosen_nll(sums, torch.tensor([4, 1]))
+    assert torch.allclose(nll, torch.tensor([1.5, 2.0]))
+    nll.sum().backward()
+    assert torch.allclose(sums.grad, torch.tensor([-0.25, -1.0]))
 
 
 def test_bradley_terry_hand_derived():

@@ -577,7 +577,7 @@ def estimate_training(report: ValidationReport, model_spec: str, epochs: float |
     first_tokens = len(batch_examples[0].input_ids)
     per_token_mb = (peaks[1] - peaks[0]) / (tokens - first_tokens) if tokens > first_tokens else 0.0
     longest = max(report.lengths) if report.lengths else tokens
-    train_micro_tokens = min(batch_size * min(longest, report.max_length), config.micro_batch_tokens)
+    train_micro_tokens = min(batch_size * min(longest, report.max_length), config.resolved_micro_batch_tokens(device))
     seconds_per_token = step_seconds[-1] / tokens
     # On a shared CPU the wall time follows other people's load; CPU time / threads is what the same step
     # takes on an otherwise idle machine (the two agree when nothing else runs).

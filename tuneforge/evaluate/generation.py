@@ -5,9 +5,9 @@
     model, tokenizer = load_model(adapter="runs/demo")
     generate_chat(model, tokenizer, [[{"role": "user", "content": "Hi"}]], max_new_tokens=32)
 
-Prompts are sorted by length and decoded in batches, so padding stays small; each finished row stops
-counting, and the whole batch stops as soon as every row has produced an end-of-turn token or a stop
-string. Greedy by default (temperature 0), which is what evaluation wants.
+Prompts are sorted by length and decoded in batches, so padding stays small; a prefix every prompt of a
+batch shares is computed once; a finished row (end-of-turn token or stop string) leaves the batch, and
+decoding ends when no row is left. Greedy by default (temperature 0), which is what evaluation wants.
 """
 
 from __future__ import annotations
@@ -42,6 +42,26 @@ def _streamable_end(text: str, stop: list[str] | None) -> int:
     return len(text) - held
 
 
+# Below this many shared tokens a separate prefix pass costs more than it saves.
+MIN_SHARED_PREFIX = 16
+
+
+def shared_prefix_length(prompts: list[list[int]]) -> int:
+    """Tokens every prompt starts with, leaving each prompt at least one token of its own."""
+    limit = min(len(p) for p in prompts) - 1
+    length = 0
+    while length < limit and all(p[length] == prompts[0][length] for p in prompts):
+        length += 1
+    return length
+
+
+def _prefix_sharing_is_safe(model) -> bool:
+    # A sliding-window cache counts slots, not positions: a padding gap between the shared prefix and a
+    # prompt's own tokens would shift its window. Such models decode without sharing.
+    config = model.config
+    return not getattr(config, "sliding_window", None) or getattr(config, "use_sliding_window", None) is False
+
+
 @torch.inference_mode()
 def generate_ids(
     model,
@@ -56,24 +76,47 @@ def generate_ids(
     should_stop: Callable[[int, list[int]], bool] | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[list[list[int]], list[str]]:
-    """Decode one left-padded batch. Returns new token ids per prompt and a finish reason per prompt."""
+    """Decode one batch. Returns new token ids per prompt and a finish reason per prompt.
+
+    Two savings over decoding the padded batch as it is: a prefix all prompts share (the system message,
+    few-shot examples) is run once and its KV cache copied to every row, each row's own tokens following
+    after a padding gap; and a row that has finished leaves the batch, so later steps compute only the
+    rows still answering.
+    """
     device = next(model.parameters()).device
     batch_size = len(prompts)
-    width = max(len(p) for p in prompts)
-    input_ids = torch.full((batch_size, width), pad_id, dtype=torch.long, device=device)
-    attention_mask = torch.zeros((batch_size, width), dtype=torch.long, device=device)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, width - len(prompt) :] = torch.tensor(prompt, device=device)
-        attention_mask[row, width - len(prompt) :] = 1
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    outputs = [[] for _ in range(batch_size)]
-    reasons = ["length"] * batch_size
-    done = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    prefix_length = shared_prefix_length(prompts) if batch_size > 1 and _prefix_sharing_is_safe(model) else 0
+    if prefix_length < MIN_SHARED_PREFIX:
+        prefix_length = 0
     # transformers 5.x renamed `past_key_values` to `cache`; accept both.
     # A PEFT wrapper's forward takes **kwargs, so ask the transformers model inside it.
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     cache_arg = "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
     past = None
+    if prefix_length:
+        prefix = torch.tensor([prompts[0][:prefix_length]], device=device)
+        result = model(
+            input_ids=prefix,
+            attention_mask=torch.ones_like(prefix),
+            position_ids=torch.arange(prefix_length, device=device)[None],
+            use_cache=True,
+            logits_to_keep=1,
+            **{cache_arg: None},
+        )
+        past = getattr(result, cache_arg)
+        past.batch_repeat_interleave(batch_size)
+    own = [p[prefix_length:] for p in prompts]
+    width = max(len(p) for p in own)
+    input_ids = torch.full((batch_size, width), pad_id, dtype=torch.long, device=device)
+    own_mask = torch.zeros((batch_size, width), dtype=torch.long, device=device)
+    for row, tokens in enumerate(own):
+        input_ids[row, width - len(tokens) :] = torch.tensor(tokens, device=device)
+        own_mask[row, width - len(tokens) :] = 1
+    position_ids = prefix_length + (own_mask.cumsum(-1) - 1).clamp(min=0)
+    attention_mask = torch.cat([torch.ones((batch_size, prefix_length), dtype=torch.long, device=device), own_mask], 1)
+    outputs = [[] for _ in range(batch_size)]
+    reasons = ["length"] * batch_size
+    active = list(range(batch_size))  # the original row of each row still in the batch
     current_ids, current_positions = input_ids, position_ids
     for _ in range(max_new_tokens):
         result = model(
@@ -96,26 +139,29 @@ def generate_ids(
             next_tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         else:
             next_tokens = logits.argmax(dim=-1)
-        for row in range(batch_size):
-            if done[row]:
-                continue
-            token = int(next_tokens[row])
+        still_going = []
+        for position, row in enumerate(active):
+            token = int(next_tokens[position])
             if token in eos_ids:
-                done[row] = True
                 reasons[row] = "stop"
                 continue
             outputs[row].append(token)
             if on_step is not None:
                 on_step(row, token)
             if should_stop is not None and should_stop(row, outputs[row]):
-                done[row] = True
                 reasons[row] = "stop"
-        if bool(done.all()):
+                continue
+            still_going.append(position)
+        if not still_going:
             break
-        next_tokens = torch.where(done, torch.full_like(next_tokens, pad_id), next_tokens)
+        if len(still_going) < len(active):
+            keep = torch.tensor(still_going, device=device)
+            past.batch_select_indices(keep)
+            attention_mask, current_positions, next_tokens = attention_mask[keep], current_positions[keep], next_tokens[keep]
+            active = [active[position] for position in still_going]
         current_ids = next_tokens[:, None]
         current_positions = current_positions[:, -1:] + 1
-        attention_mask = torch.cat([attention_mask, (~done).long()[:, None]], dim=1)
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(active), 1))], dim=1)
     return outputs, reasons
 
 

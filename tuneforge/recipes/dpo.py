@@ -33,7 +33,7 @@ from tuneforge.config import TrainConfig
 from tuneforge.data.batching import collate, plan_epoch, split_micro_batches
 from tuneforge.data.formats import load_preference_pairs
 from tuneforge.data.preference import TokenizedPair, tokenize_pairs
-from tuneforge.losses import dpo_sigmoid_loss, ipo_loss, sequence_logprobs, simpo_loss
+from tuneforge.losses import chosen_nll, dpo_sigmoid_loss, ipo_loss, sequence_logprobs, simpo_loss
 from tuneforge.recipes.common import (
     MetricsLog,
     StopRequest,
@@ -80,7 +80,7 @@ def reference_logprobs(
     model.eval()
     lengths = [p.length for p in pairs]
     with reference_mode(model, config):
-        for micro in split_micro_batches(list(range(len(pairs))), lengths, config.micro_batch_tokens // 2, max_rows=32):
+        for micro in split_micro_batches(list(range(len(pairs))), lengths, config.resolved_micro_batch_tokens(device) // 2, max_rows=32):
             with autocast_for(device, dtype):
                 chosen, rejected, _, _ = pair_logprobs(model, [pairs[i] for i in micro], pad_id, device)
             result[micro] = torch.stack([chosen, rejected], dim=1).float().cpu()
@@ -91,10 +91,16 @@ def reference_logprobs(
 def pair_losses(config: TrainConfig, chosen, rejected, chosen_n, rejected_n, reference: torch.Tensor):
     """(losses, chosen rewards, rejected rewards) per pair for the configured loss type."""
     if config.loss_type == "simpo":
-        return simpo_loss(chosen / chosen_n, rejected / rejected_n, config.beta, config.simpo_gamma)
-    loss_fn = {"sigmoid": dpo_sigmoid_loss, "ipo": ipo_loss}[config.loss_type]
-    reference = reference.to(chosen.device, chosen.dtype)
-    return loss_fn(chosen, rejected, reference[:, 0], reference[:, 1], config.beta)
+        losses, chosen_rewards, rejected_rewards = simpo_loss(
+            chosen / chosen_n, rejected / rejected_n, config.beta, config.simpo_gamma
+        )
+    else:
+        loss_fn = {"sigmoid": dpo_sigmoid_loss, "ipo": ipo_loss}[config.loss_type]
+        reference = reference.to(chosen.device, chosen.dtype)
+        losses, chosen_rewards, rejected_rewards = loss_fn(chosen, rejected, reference[:, 0], reference[:, 1], config.beta)
+    if config.rpo_alpha > 0:
+        losses = losses + config.rpo_alpha * chosen_nll(chosen, chosen_n)
+    return losses, chosen_rewards, rejected_rewards
 
 
 class PairStats:
@@ -108,6 +114,8 @@ class PairStats:
             "rewards/rejected": 0.0,
             "rewards/accuracies": 0.0,
             "logps/accuracies": 0.0,
+            "logps/chosen": 0.0,
+            "logps/rejected": 0.0,
         }
 
     def add(self, losses, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps) -> None:
@@ -120,6 +128,9 @@ class PairStats:
         self.sums["rewards/accuracies"] += float((margin > 0).sum() + 0.5 * (margin == 0).sum())
         # What the policy itself prefers, reference-free: comparable before and after training.
         self.sums["logps/accuracies"] += float((chosen_logps.detach() > rejected_logps.detach()).sum())
+        # Sequence log-probs themselves: plain DPO may lower both while widening the gap (RPO keeps chosen up).
+        self.sums["logps/chosen"] += float(chosen_logps.detach().sum())
+        self.sums["logps/rejected"] += float(rejected_logps.detach().sum())
 
     def means(self, prefix: str = "") -> dict:
         values = {k: v / max(self.n, 1) for k, v in self.sums.items()}
@@ -133,7 +144,7 @@ def evaluate_pairs(model, pairs, reference, config: TrainConfig, pad_id: int, de
     model.eval()
     stats = PairStats()
     lengths = [p.length for p in pairs]
-    for micro in split_micro_batches(list(range(len(pairs))), lengths, config.micro_batch_tokens // 2, max_rows=32):
+    for micro in split_micro_batches(list(range(len(pairs))), lengths, config.resolved_micro_batch_tokens(device) // 2, max_rows=32):
         with autocast_for(device, dtype):
             chosen, rejected, chosen_n, rejected_n = pair_logprobs(model, [pairs[i] for i in micro], pad_id, device)
             losses, chosen_rewards, rejected_rewards = pair_losses(
@@ -208,7 +219,7 @@ def train(config: TrainConfig) -> dict:
                     break
                 stats = PairStats()
                 for micro in split_micro_batches(
-                    indices, lengths, config.micro_batch_tokens // 2, max_rows=config.batch_size
+                    indices, lengths, config.resolved_micro_batch_tokens(device) // 2, max_rows=config.batch_size
                 ):
                     with autocast_for(device, dtype):
                         chosen, rejected, chosen_n, rejected_n = pair_logprobs(

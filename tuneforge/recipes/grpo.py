@@ -232,7 +232,7 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
                 examples.append(TokenizedExample(prompt_ids[i] + answer, [IGNORE_INDEX] * len(prompt_ids[i]) + answer))
             lengths = [len(e.input_ids) for e in examples]
             micro_batches = split_micro_batches(
-                list(range(len(examples))), lengths, config.micro_batch_tokens, max_rows=len(examples)
+                list(range(len(examples))), lengths, config.resolved_micro_batch_tokens(device), max_rows=len(examples)
             )
             step_tokens = sum(len(e.input_ids) - len(prompt_ids[i]) for e, i in zip(examples, group, strict=True))
             model.eval()

@@ -114,7 +114,7 @@ def evaluate_pairs(scored: ScoredModel, pairs, config: TrainConfig, pad_id: int,
     scored.eval()
     stats = RewardStats()
     lengths = [p.length for p in pairs]
-    for micro in split_micro_batches(list(range(len(pairs))), lengths, config.micro_batch_tokens // 2, max_rows=32):
+    for micro in split_micro_batches(list(range(len(pairs))), lengths, config.resolved_micro_batch_tokens(device) // 2, max_rows=32):
         with autocast_for(device, dtype):
             chosen, rejected = pair_scores(scored, [pairs[i] for i in micro], pad_id, device)
         stats.add(bradley_terry_loss(chosen, rejected), chosen, rejected)
@@ -183,7 +183,7 @@ def train(config: TrainConfig) -> dict:
                     break
                 stats = RewardStats()
                 for micro in split_micro_batches(
-                    indices, lengths, config.micro_batch_tokens // 2, max_rows=config.batch_size
+                    indices, lengths, config.resolved_micro_batch_tokens(device) // 2, max_rows=config.batch_size
                 ):
                     with autocast_for(device, dtype):
                         chosen, rejected = pair_scores(scored, [train_pairs[i] for i in micro], pad_id, device)

@@ -119,7 +119,7 @@ def validation_loss(
     was_training = model.training
     model.eval()
     lengths = [len(e.input_ids) for e in examples]
-    batches = split_micro_batches(list(range(len(examples))), lengths, config.micro_batch_tokens, max_rows=64)
+    batches = split_micro_batches(list(range(len(examples))), lengths, config.resolved_micro_batch_tokens(device), max_rows=64)
     passes = math.ceil(len(batches) / world.world_size)
     mine = batches[world.rank :: world.world_size]
     total, count = 0.0, 0
@@ -221,7 +221,7 @@ def train(config: TrainConfig) -> dict:
                     indices,
                     lengths,
                     world,
-                    lambda share: split_micro_batches(share, lengths, config.micro_batch_tokens, config.batch_size),
+                    lambda share: split_micro_batches(share, lengths, config.resolved_micro_batch_tokens(device), config.batch_size),
                 )
                 for position in range(passes):
                     # A rank with fewer micro-batches than another runs a zero-weighted pass (collectives stay in step).
