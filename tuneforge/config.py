@@ -16,7 +16,7 @@ from typing import Any
 from tuneforge.errors import UserError
 
 METHODS = ("sft", "dpo", "reward", "grpo")
-REWARD_POOLINGS = ("last", "mean")
+REWARD_POOLINGS = ("last", "mean", "sum")
 SCHEDULES = ("cosine", "linear", "constant")
 LOSS_TYPES = ("sigmoid", "ipo", "simpo")
 

@@ -101,12 +101,12 @@ class _FixedModel(torch.nn.Module):
         return None
 
 
-def test_score_pooling_reads_the_last_answer_token_or_the_mean_over_answer_tokens():
+def test_score_pooling_reads_the_last_answer_token_or_the_mean_or_sum_over_answer_tokens():
     """Hand derivation. Head weight (1, 0), bias 0.5, so a position's value is hidden[..., 0] + 0.5.
     Row 0: hidden[..., 0] = 1, 2, 3, 4, 0(pad); answer labels at positions 2 and 3.
-      last = 4 + 0.5 = 4.5;  mean = ((3 + 0.5) + (4 + 0.5)) / 2 = 4.0
+      last = 4 + 0.5 = 4.5;  sum = (3 + 0.5) + (4 + 0.5) = 8.0;  mean = 8.0 / 2 = 4.0
     Row 1: hidden[..., 0] = 10, 20, 30, 40, 50; answer labels at positions 1, 2 and 4.
-      last = 50 + 0.5 = 50.5;  mean = (20.5 + 30.5 + 50.5) / 3 = 33.8333..."""
+      last = 50 + 0.5 = 50.5;  sum = 20.5 + 30.5 + 50.5 = 101.5;  mean = 101.5 / 3 = 33.8333..."""
     from tuneforge.recipes.reward import ScoredModel
 
     hidden = torch.zeros(2, 5, 2)
@@ -116,14 +116,15 @@ def test_score_pooling_reads_the_last_answer_token_or_the_mean_over_answer_token
     labels = torch.tensor([[-100, -100, 5, 6, -100], [-100, 8, 9, -100, 3]])
     batch = {"input_ids": torch.zeros(2, 5, dtype=torch.long), "attention_mask": torch.ones(2, 5), "labels": labels}
     scores = {}
-    for pooling in ("last", "mean"):
+    for pooling in ("last", "mean", "sum"):
         scored = ScoredModel(_FixedModel(hidden), hidden_size=2, pooling=pooling)
         with torch.no_grad():
             scored.value_head.weight.copy_(torch.tensor([[1.0, 0.0]]))
             scored.value_head.bias.fill_(0.5)
         scores[pooling] = scored(batch)
     assert torch.allclose(scores["last"], torch.tensor([4.5, 50.5]))
-    assert torch.allclose(scores["mean"], torch.tensor([4.0, (20.5 + 30.5 + 50.5) / 3]))
+    assert torch.allclose(scores["mean"], torch.tensor([4.0, 101.5 / 3]))
+    assert torch.allclose(scores["sum"], torch.tensor([8.0, 101.5]))
 
 
 def test_last_token_reward_model_learns_and_its_loader_pools_the_same_way(tmp_path, tiny_model_dir):

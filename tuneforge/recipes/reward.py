@@ -58,7 +58,9 @@ class ScoredModel(torch.nn.Module):
     pooling "last": the head reads the last answer position (the end-of-turn token), which has attended to
     the whole answer. "mean": the head scores every answer position and the score is their mean, so the
     state at a wrong field value reports it directly instead of through the end-of-turn token (length-free,
-    unlike a sum, so a longer answer is not favoured by its length alone).
+    so a longer answer is not favoured by its length alone). "sum": the same values summed, the shape of
+    DPO's implicit reward (a sum of per-token terms): a one-token difference counts in full, not divided
+    by the answer's length, but the score then also moves with length.
     """
 
     def __init__(self, model, hidden_size: int, pooling: str = "last"):
@@ -73,9 +75,10 @@ class ScoredModel(torch.nn.Module):
         """One score per row, from its answer (trained-label) positions."""
         hidden = final_hidden_states(self.model, batch)
         answer = batch["labels"] != IGNORE_INDEX
-        if self.pooling == "mean":
+        if self.pooling in ("mean", "sum"):
             values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
-            return (values * answer).sum(dim=1) / answer.sum(dim=1).clamp(min=1)
+            total = (values * answer).sum(dim=1)
+            return total if self.pooling == "sum" else total / answer.sum(dim=1).clamp(min=1)
         positions = torch.arange(batch["labels"].shape[1], device=hidden.device)
         last = torch.where(answer, positions, -1).amax(dim=1)
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
@@ -295,7 +298,7 @@ def save_reward_model(scored: ScoredModel, tokenizer, output: Path, config: Trai
             "max_length": config.max_length,
             "hidden_size": scored.value_head.in_features,
             "pooling": scored.pooling,
-            "score_position": "last answer token (end of turn)" if scored.pooling == "last" else "mean over answer tokens",
+            "score_position": {"last": "last answer token (end of turn)", "mean": "mean over answer tokens", "sum": "sum over answer tokens"}[scored.pooling],
         },
     )
 
