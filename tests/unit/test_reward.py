@@ -106,7 +106,8 @@ def test_score_pooling_reads_the_last_answer_token_or_the_mean_or_sum_over_answe
     Row 0: hidden[..., 0] = 1, 2, 3, 4, 0(pad); answer labels at positions 2 and 3.
       last = 4 + 0.5 = 4.5;  sum = (3 + 0.5) + (4 + 0.5) = 8.0;  mean = 8.0 / 2 = 4.0
     Row 1: hidden[..., 0] = 10, 20, 30, 40, 50; answer labels at positions 1, 2 and 4.
-      last = 50 + 0.5 = 50.5;  sum = 20.5 + 30.5 + 50.5 = 101.5;  mean = 101.5 / 3 = 33.8333..."""
+      last = 50 + 0.5 = 50.5;  sum = 20.5 + 30.5 + 50.5 = 101.5;  mean = 101.5 / 3 = 33.8333...
+    Mean pooling scaled by answer_tokens = 3 (a training set's mean answer length): 12.0 and 101.5."""
     from tuneforge.recipes.reward import ScoredModel
 
     hidden = torch.zeros(2, 5, 2)
@@ -125,6 +126,11 @@ def test_score_pooling_reads_the_last_answer_token_or_the_mean_or_sum_over_answe
     assert torch.allclose(scores["last"], torch.tensor([4.5, 50.5]))
     assert torch.allclose(scores["mean"], torch.tensor([4.0, 101.5 / 3]))
     assert torch.allclose(scores["sum"], torch.tensor([8.0, 101.5]))
+    scaled = ScoredModel(_FixedModel(hidden), hidden_size=2, pooling="mean", answer_tokens=3)
+    with torch.no_grad():
+        scaled.value_head.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        scaled.value_head.bias.fill_(0.5)
+    assert torch.allclose(scaled(batch), torch.tensor([12.0, 101.5]))
 
 
 def test_last_token_reward_model_learns_and_its_loader_pools_the_same_way(tmp_path, tiny_model_dir):

@@ -56,17 +56,19 @@ class ScoredModel(torch.nn.Module):
     """The causal LM's body (LoRA-wrapped) and a linear value head; its parameters are what trains.
 
     pooling "last": the head reads the last answer position (the end-of-turn token), which has attended to
-    the whole answer. "mean": the head scores every answer position and the score is their mean, so the
-    state at a wrong field value reports it directly instead of through the end-of-turn token (length-free,
-    so a longer answer is not favoured by its length alone). "sum": the same values summed, the shape of
-    DPO's implicit reward (a sum of per-token terms): a one-token difference counts in full, not divided
-    by the answer's length, but the score then also moves with length.
+    the whole answer. "mean": the head scores every answer position and the score is their mean times
+    `answer_tokens` (the training answers' mean token count, a constant): the state at a wrong field value
+    reports it directly instead of through the end-of-turn token, a one-token difference in a typical
+    answer moves the score as much as in a sum, and length alone moves nothing (a reward model for RL must
+    not pay for shorter or longer answers). "sum": the values summed, the shape of DPO's implicit reward,
+    whose score also grows or shrinks with the answer's length.
     """
 
-    def __init__(self, model, hidden_size: int, pooling: str = "last"):
+    def __init__(self, model, hidden_size: int, pooling: str = "mean", answer_tokens: float = 1.0):
         super().__init__()
         self.model = model
         self.pooling = pooling
+        self.answer_tokens = float(answer_tokens)
         self.value_head = torch.nn.Linear(hidden_size, 1)
         torch.nn.init.normal_(self.value_head.weight, std=1.0 / math.sqrt(hidden_size))
         torch.nn.init.zeros_(self.value_head.bias)
@@ -78,11 +80,19 @@ class ScoredModel(torch.nn.Module):
         if self.pooling in ("mean", "sum"):
             values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
             total = (values * answer).sum(dim=1)
-            return total if self.pooling == "sum" else total / answer.sum(dim=1).clamp(min=1)
+            if self.pooling == "sum":
+                return total
+            return total / answer.sum(dim=1).clamp(min=1) * self.answer_tokens
         positions = torch.arange(batch["labels"].shape[1], device=hidden.device)
         last = torch.where(answer, positions, -1).amax(dim=1)
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         return self.value_head(picked.to(self.value_head.weight.dtype)).squeeze(-1)
+
+
+def mean_answer_tokens(pairs: list[TokenizedPair]) -> float:
+    """Mean count of trained (answer) tokens over both sides of the pairs: the scale of mean pooling."""
+    counts = [sum(1 for label in side.labels if label != IGNORE_INDEX) for p in pairs for side in (p.chosen, p.rejected)]
+    return round(sum(counts) / len(counts), 3) if counts else 1.0
 
 
 def pair_scores(
@@ -134,8 +144,8 @@ def train(config: TrainConfig) -> dict:
 
     seed_everything(config.seed)
     model, tokenizer, device, dtype = build_model(config)
-    scored = ScoredModel(model, model.config.hidden_size, config.reward_pooling).to(device)
     train_pairs = tokenize_pairs(tokenizer, raw_pairs, config.max_length, config.data)
+    scored = ScoredModel(model, model.config.hidden_size, config.reward_pooling, mean_answer_tokens(train_pairs)).to(device)
     valid_pairs = tokenize_pairs(tokenizer, raw_valid, config.max_length, config.validation_data or config.data)
     pad_id = tokenizer.pad_token_id
     lengths = [p.length for p in train_pairs]
@@ -298,7 +308,8 @@ def save_reward_model(scored: ScoredModel, tokenizer, output: Path, config: Trai
             "max_length": config.max_length,
             "hidden_size": scored.value_head.in_features,
             "pooling": scored.pooling,
-            "score_position": {"last": "last answer token (end of turn)", "mean": "mean over answer tokens", "sum": "sum over answer tokens"}[scored.pooling],
+            "answer_tokens": scored.answer_tokens,
+            "score_position": {"last": "last answer token (end of turn)", "mean": "mean over answer tokens x answer_tokens", "sum": "sum over answer tokens"}[scored.pooling],
         },
     )
 
@@ -350,7 +361,7 @@ def load_reward_model(folder: str | Path, device: str | None = None) -> RewardMo
     settings = json.loads((folder / REWARD_CONFIG_FILE).read_text())
     model, tokenizer = load_model(None, str(folder), dtype=torch.float32, device=device)
     # Reward models written before pooling was a choice read the last token.
-    scored = ScoredModel(model, settings["hidden_size"], settings.get("pooling", "last"))
+    scored = ScoredModel(model, settings["hidden_size"], settings.get("pooling", "last"), settings.get("answer_tokens", 1.0))
     scored.value_head.load_state_dict(load_file(str(folder / VALUE_HEAD_FILE)))
     scored.to(next(model.parameters()).device)
     for parameter in scored.parameters():
