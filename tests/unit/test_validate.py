@@ -89,6 +89,10 @@ DPO_ERRORS = [
     ({**good_pair(99), "non_preferred_output": [msg("user")]}, "bad_dpo_row"),
     ({**good_pair(99), "input": [msg("user")]}, "bad_dpo_row"),
     ({"prompt": "p", "chosen": 3, "rejected": "b"}, "bad_dpo_row"),
+    ({"prompt": "p", "chosen": [msg("user", "a")], "rejected": "b"}, "bad_dpo_row"),  # an answer must be the assistant's
+    ({"chosen": "a", "rejected": "b"}, "bad_dpo_row"),  # no prompt and no conversations to take it from
+    ({"chosen": [msg("user", "p"), msg("assistant", "a")], "rejected": [msg("user", "q"), msg("assistant", "b")]},
+     "bad_dpo_row"),  # implicit prompts that differ
     (good(99), "bad_dpo_row"),
     ({**good_pair(99), "input": {"messages": [msg("wizard")]}}, "bad_role"),
 ]
@@ -104,6 +108,33 @@ def test_clean_dpo_file_in_both_shapes(tmp_path, tiny_tokenizer):
     rows = [good_pair(i) for i in range(6)] + [{"prompt": f"what is {i}", "chosen": f"yes {i}", "rejected": f"no {i}"} for i in range(6)]
     report = validate_file(write_jsonl(tmp_path / "p.jsonl", rows), "reward", tiny_tokenizer)
     assert report.ok and report.n_examples == 12 and report.n_trained_tokens > 0
+
+
+def test_every_pair_layout_reads_as_the_same_pair(tmp_path, tiny_tokenizer):
+    """Plain strings, answers as one assistant message (alone or in a list), and the implicit-prompt layout
+    (two whole conversations) are one pair: same prompt messages, same answers, same tokens."""
+    from tuneforge.data.formats import row_to_preference_pair
+
+    prompt = [msg("system", "be brief"), msg("user", "what is 3")]
+    layouts = [
+        {"input": {"messages": prompt}, "preferred_output": [msg("assistant", "yes 3")],
+         "non_preferred_output": [msg("assistant", "no 3")]},
+        {"prompt": prompt, "chosen": "yes 3", "rejected": "no 3"},
+        {"prompt": prompt, "chosen": [msg("assistant", "yes 3")], "rejected": [msg("assistant", "no 3")]},
+        {"prompt": prompt, "chosen": msg("assistant", "yes 3"), "rejected": msg("assistant", "no 3")},
+        {"chosen": [*prompt, msg("assistant", "yes 3")], "rejected": [*prompt, msg("assistant", "no 3")]},
+    ]
+    pairs = [row_to_preference_pair(row) for row in layouts]
+    for pair in pairs:
+        assert (pair.prompt, pair.chosen, pair.rejected) == (pairs[0].prompt, "yes 3", "no 3")
+    report = validate_file(write_jsonl(tmp_path / "layouts.jsonl", layouts), "dpo", tiny_tokenizer, min_examples=1)
+    assert report.ok and report.n_examples == 5
+    from tuneforge.data.preference import tokenize_pair
+
+    tokenized = [tokenize_pair(tiny_tokenizer, pair, 2048) for pair in pairs]
+    for one in tokenized:
+        assert one.chosen.input_ids == tokenized[0].chosen.input_ids
+        assert one.rejected.labels == tokenized[0].rejected.labels
 
 
 def test_clean_file_passes_with_exact_counts(tmp_path, tiny_tokenizer):

@@ -5,6 +5,8 @@ Accepted formats (OpenAI's fine-tuning formats):
   completion  {"prompt": "...", "completion": "..."}              (legacy; rendered as one user/assistant turn)
   dpo         {"input": {"messages": [...]}, "preferred_output": [msg], "non_preferred_output": [msg]}
   pairs       {"prompt": "...", "chosen": "...", "rejected": "..."}
+              (also with messages: "prompt" a message list and each answer one assistant message, or no
+              "prompt" and "chosen"/"rejected" two whole conversations that differ only in the last answer)
 
 Every problem is a `UserError` that names the file, the 1-based line and what is wrong. The full,
 collect-everything validator lives in `tuneforge.data.validate`; this module stops at the first problem.
@@ -66,7 +68,7 @@ def detect_format(row: Any) -> str | None:
         return "chat"
     if "input" in row and ("preferred_output" in row or "non_preferred_output" in row):
         return "dpo"
-    if "prompt" in row and "chosen" in row and "rejected" in row:
+    if "chosen" in row and "rejected" in row:  # "prompt" may be implicit: see split_pair_row
         return "pairs"
     if "prompt" in row and "completion" in row:
         return "completion"
@@ -82,6 +84,42 @@ def content_text(content: Any) -> str | None:
     ):
         return "".join(part["text"] for part in content)
     return None
+
+
+def answer_text(value: Any) -> str | None:
+    """A preference answer as text: plain content, one assistant message, or a list holding exactly one."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict) and "role" in value[0]:
+        value = value[0]
+    if isinstance(value, dict):
+        return content_text(value.get("content")) if value.get("role") == "assistant" else None
+    return content_text(value)
+
+
+def _is_message_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "role" in m for m in value)
+
+
+def split_pair_row(row: dict) -> tuple[str | list, str, str]:
+    """(prompt, chosen text, rejected text) of a prompt/chosen/rejected row; ValueError says what is wrong.
+
+    The prompt is a string or a message list as given (checked by the caller). Without "prompt", chosen and
+    rejected must be whole conversations (the "implicit prompt" layout of Hugging Face preference sets):
+    every message but the last is the shared prompt, and the last, an assistant message, is the answer.
+    """
+    chosen, rejected = row["chosen"], row["rejected"]
+    if "prompt" not in row:
+        if not (_is_message_list(chosen) and _is_message_list(rejected) and len(chosen) > 1 and len(rejected) > 1):
+            raise ValueError("without 'prompt', 'chosen' and 'rejected' must be conversations (message lists) "
+                             "that share the prompt and end with different assistant answers")
+        if chosen[:-1] != rejected[:-1]:
+            raise ValueError("without 'prompt', 'chosen' and 'rejected' must share every message but the last")
+        prompt, chosen, rejected = chosen[:-1], chosen[-1], rejected[-1]
+    else:
+        prompt = row["prompt"]
+    chosen_text, rejected_text = answer_text(chosen), answer_text(rejected)
+    if chosen_text is None or rejected_text is None:
+        raise ValueError("'chosen' and 'rejected' must each be a string or one assistant message")
+    return prompt, chosen_text, rejected_text
 
 
 def normalise_messages(raw_messages: Any, where: dict) -> list[dict]:
@@ -142,13 +180,13 @@ def row_to_preference_pair(row: Any, path: str = "<data>", line: int = 0) -> Pre
     where = {"path": path, "line": line}
     kind = detect_format(row)
     if kind == "pairs":
-        prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+        try:
+            prompt, chosen_text, rejected_text = split_pair_row(row)
+        except ValueError as exc:
+            raise UserError(str(exc), code="bad_dpo_row", **where) from None
         prompt_messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         prompt_messages = normalise_messages(prompt_messages, where)
-        chosen_text, rejected_text = content_text(chosen), content_text(rejected)
-        if chosen_text is None or rejected_text is None:
-            raise UserError("'chosen' and 'rejected' must be strings", code="bad_dpo_row", **where)
-        return PreferencePair(prompt_messages, chosen_text, rejected_text, line=line)
+        return PreferencePair(prompt_messages, chosen_text, rejected_text, tools=row.get("tools"), line=line)
     if kind == "dpo":
         source = row.get("input")
         if not isinstance(source, dict) or "messages" not in source:

@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.data.curation import exact_key, near_key
-from tuneforge.data.formats import ROLES, content_text, detect_format, row_to_conversation, row_to_preference_pair
+from tuneforge.data.formats import (
+    ROLES,
+    content_text,
+    detect_format,
+    row_to_conversation,
+    row_to_preference_pair,
+    split_pair_row,
+)
 from tuneforge.data.tokenize import IGNORE_INDEX, TokenizedExample, end_of_turn_ids, tokenize_conversation
 from tuneforge.errors import UserError
 
@@ -203,12 +210,14 @@ def check_row(row: Any, method: str = "sft") -> list[tuple[str, str]]:
             return problems + _check_answer(row.get("preferred_output"), "preferred_output") + _check_answer(
                 row.get("non_preferred_output"), "non_preferred_output")
         if kind == "pairs":
-            prompt = row["prompt"]
+            try:
+                prompt, chosen, rejected = split_pair_row(row)
+            except ValueError as exc:
+                return [("bad_dpo_row", str(exc))]
             problems = [] if isinstance(prompt, str) else check_messages(prompt, "prompt", need_trained_turn=False)
-            chosen, rejected = content_text(row["chosen"]), content_text(row["rejected"])
-            if chosen is None or rejected is None:
-                problems.append(("bad_dpo_row", "'chosen' and 'rejected' must be strings"))
-            elif not _encodable(chosen + rejected + (prompt if isinstance(prompt, str) else "")):
+            if row.get("tools") is not None:
+                problems += _check_tools(row["tools"])
+            if not _encodable(chosen + rejected + (prompt if isinstance(prompt, str) else "")):
                 problems.append(("bad_content", "'prompt', 'chosen' or 'rejected' holds invalid Unicode"))
             return problems
         return [("bad_dpo_row", "not a preference row: expected OpenAI DPO ('input', 'preferred_output', "
