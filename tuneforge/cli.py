@@ -96,7 +96,7 @@ def train_config_from_args(args):
 
 def run_train(args) -> int:
     config = train_config_from_args(args)
-    from tuneforge.distributed import World, check_distributed_config, launched_world
+    from tuneforge.distributed import World, check_distributed_config, launched_world, leave
 
     if args.nproc and args.nproc > 1:
         check_distributed_config(config, World(0, args.nproc, 0))  # say it once, before torchrun starts N copies
@@ -110,7 +110,9 @@ def run_train(args) -> int:
     recipe = importlib.import_module(f"tuneforge.recipes.{config.method}")
     summary = recipe.train(config)
     if not world.is_main:  # under torchrun rank 0 reports for all
+        leave(world, 0)
         return 0
+    exit_code = 1 if (summary.get("forgetting") or {}).get("passed") is False else 0
     print(
         json.dumps(
             {
@@ -130,7 +132,8 @@ def run_train(args) -> int:
             }
         )
     )
-    return 1 if (summary.get("forgetting") or {}).get("passed") is False else 0
+    leave(world, exit_code)  # under torchrun: exit now, everything is written
+    return exit_code
 
 
 def launch_torchrun(nproc: int, argv: list[str]) -> int:

@@ -186,6 +186,23 @@ def full_state_dict(model) -> dict[str, torch.Tensor]:
     return whole
 
 
+def leave(world: World, exit_code: int) -> None:
+    """A torchrun worker whose run is complete exits at once, without interpreter shutdown.
+
+    Called after the weights, summary and metrics are written and the process group is destroyed. A
+    completed two-process run once printed its summary and then never exited (CI, under load): shutting
+    down with gloo's, OpenMP's and the tokenizer's threads still alive is the one step left that nothing
+    bounds. os._exit skips it; the streams are flushed first so no output is lost. One process: no-op.
+    """
+    if not world.enabled:
+        return
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(exit_code)
+
+
 def barrier(world: World) -> None:
     if world.enabled:
         dist.barrier()

@@ -61,11 +61,43 @@ def command(processes: int, model_dir: Path, data: Path, valid: Path, output: Pa
     ]  # fmt: skip
 
 
-def run(cmd: list[str]) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
+def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run to completion; a run still alive after `timeout` fails with what each of its processes was doing."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
+    process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stdout, stderr, alive = stop_with_stacks(process)
+        pytest.fail(f"still running after {timeout} s:\n{alive}\n--- stdout\n{stdout[-2000:]}\n--- stderr\n{stderr[-8000:]}")
+    assert process.returncode == 0, stderr[-4000:]
+    return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
+
+
+def stop_with_stacks(process: subprocess.Popen) -> tuple[str, str, str]:
+    """SIGABRT to the launcher and every descendant (torchrun starts each worker in its own session):
+    with PYTHONFAULTHANDLER each prints its Python stacks to the shared stderr before dying."""
+    import signal
+
+    import psutil
+
+    tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    alive = "\n".join(f"{p.pid} {p.status()} {' '.join(p.cmdline())[:160]}" for p in tree if p.is_running())
+    for member in reversed(tree):  # workers first, so their stacks are printed before the launcher goes
+        try:
+            member.send_signal(signal.SIGABRT)
+        except psutil.NoSuchProcess:
+            pass
+    try:
+        stdout, stderr = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        for member in tree:
+            try:
+                member.kill()
+            except psutil.NoSuchProcess:
+                pass
+        stdout, stderr = process.communicate()
+    return stdout, stderr, alive
 
 
 def losses(output: Path, kind: str = "train") -> dict[int, float]:
