@@ -183,3 +183,23 @@ def test_what_has_no_distributed_loop_is_refused_before_loading(monkeypatch, cap
     assert main(["train", "--data", str(data), "--output", str(tmp_path / "out"), *arguments]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_finished_worker_leaves_at_once_with_its_output_flushed():
+    """leave(): under torchrun the process ends right there with the given code and nothing printed is lost;
+    in one process it is a no-op."""
+    script = (
+        "import atexit, sys\n"
+        "from tuneforge.distributed import World, leave\n"
+        "atexit.register(lambda: print('interpreter shutdown ran'))\n"
+        "leave(World(), 5)\n"
+        "print('one process: still here', end='')\n"
+        "sys.stderr.write('unflushed')\n"
+        "leave(World(rank=1, world_size=2), 3)\n"
+        "print('never printed')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED=""))
+    assert result.returncode == 3
+    assert result.stdout == "one process: still here"  # flushed before os._exit; atexit and later prints never ran
+    assert result.stderr.endswith("unflushed")
