@@ -166,15 +166,23 @@ def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     return (rewards - mean) / (std + eps)
 
 
+KL_TOKEN_CAP = 10.0  # nats per token; k3 is e^x - x - 1 for x = ref - logp, 10 is reached at x ~ 2.6
+KL_LOG_RATIO_CLAMP = 20.0
+
+
 def grpo_token_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, reference_logprobs: torch.Tensor,
                     advantages: torch.Tensor, clip_epsilon: float, kl_beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """GRPO (Shao et al. 2024) per completion token: clipped policy objective plus a KL penalty.
 
     ratio = exp(logp - old_logp); objective = min(ratio * A, clip(ratio, 1-eps, 1+eps) * A);
-    KL to the reference by the non-negative k3 estimator exp(ref - logp) - (ref - logp) - 1.
-    Returns (loss per token = -objective + kl_beta * kl, kl per token detached)."""
+    KL to the reference by the non-negative k3 estimator exp(ref - logp) - (ref - logp) - 1, at most
+    KL_TOKEN_CAP per token. Returns (loss per token = -objective + kl_beta * kl, kl per token detached)."""
     ratio = torch.exp(logprobs - old_logprobs)
     objective = torch.minimum(ratio * advantages, torch.clamp(ratio, 1.0 - clip_epsilon, 1.0 + clip_epsilon) * advantages)
-    log_ref_ratio = reference_logprobs - logprobs
-    kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1.0
+    # k3 grows like exp(ref - logp): one sampled token the policy found unlikely but the reference did not
+    # (a per-token estimate of 407 in a run on the embedded model) would own the whole clipped step. Each
+    # token's estimate is capped at KL_TOKEN_CAP, past which it adds no gradient; the log-ratio is clamped
+    # first so exp cannot overflow.
+    log_ref_ratio = torch.clamp(reference_logprobs - logprobs, max=KL_LOG_RATIO_CLAMP)
+    kl = torch.clamp(torch.exp(log_ref_ratio) - log_ref_ratio - 1.0, max=KL_TOKEN_CAP)
     return -objective + kl_beta * kl, kl.detach()

@@ -8,6 +8,7 @@ import torch
 
 from tuneforge.data.tokenize import IGNORE_INDEX
 from tuneforge.losses import (
+    KL_TOKEN_CAP,
     bradley_terry_loss,
     chosen_nll,
     dpo_sigmoid_loss,
@@ -90,6 +91,20 @@ def test_grpo_token_loss_hand_derived():
     expected_kl = 1 / 1.5 + math.log(1.5) - 1
     assert torch.allclose(kl, torch.tensor([0.0, expected_kl, 0.0]), atol=1e-6)
     assert torch.allclose(losses, torch.tensor([-2.0, -1.2 + 0.1 * expected_kl, 0.8]), atol=1e-6)
+
+
+def test_grpo_kl_per_token_is_capped_where_the_reference_far_outweighs_the_policy():
+    """x = ref - logp. Token 1: x = ln 2: k3 = 2 - ln 2 - 1 ~= 0.306853, under the cap, d(k3)/d(logp) = 1 - e^x = -1.
+    Token 2: x = ln 1000 (the policy gives a sampled token 1/1000 of the reference's probability): k3 would be
+    1000 - 6.9078 - 1 ~= 992.09; it is capped at 10 and adds no gradient. Token 3: x = 100 would overflow
+    exp in float32 without the log-ratio clamp; capped at 10 as well. A = 0 and logp = old: only KL counts."""
+    logp = torch.tensor([-2.0, -8.0, -101.0], requires_grad=True)
+    ref = torch.tensor([-2.0 + math.log(2), -8.0 + math.log(1000), -1.0])
+    losses, kl = grpo_token_loss(logp, logp.detach(), ref, torch.zeros(3), clip_epsilon=0.2, kl_beta=1.0)
+    assert torch.allclose(kl, torch.tensor([2 - math.log(2) - 1, KL_TOKEN_CAP, KL_TOKEN_CAP]), atol=1e-5)
+    losses.sum().backward()
+    assert torch.allclose(logp.grad, torch.tensor([-1.0, 0.0, 0.0]), atol=1e-5)
+    assert torch.isfinite(losses).all()
 
 
 def test_sequence_logprobs_sum_only_answer_tokens():
