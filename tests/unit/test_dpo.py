@@ -80,7 +80,7 @@ def test_rpo_term_raises_the_chosen_answers_likelihood_beyond_plain_dpo(tmp_path
     """Plain DPO only widens the chosen-rejected gap (both log-probs may fall); with rpo_alpha the chosen
     answer's own log-prob must end higher than under plain DPO, from the same seed and data."""
     run(tmp_path, tiny_model_dir, name="plain", max_steps=6, dtype="float32", seed=3, rpo_alpha=0.0)
-    rpo = run(tmp_path, tiny_model_dir, name="rpo", max_steps=6, dtype="float32", seed=3)  # rpo_alpha=1 by default
+    rpo = run(tmp_path, tiny_model_dir, name="rpo", max_steps=6, dtype="float32", seed=3, rpo_alpha=1.0)
 
     def last_chosen_logp(name):
         records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
