@@ -24,7 +24,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from tuneforge.data.tokenize import end_of_turn_ids, tokenize_prompt
-    from tuneforge.evaluate.generation import generate_chat
+    from tuneforge.generation import generate_chat
     from tuneforge.evaluate.run import load_eval_set
     from tuneforge.models import load_model
 

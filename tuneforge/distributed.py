@@ -125,15 +125,17 @@ def rank_share(indices: list[int], lengths: list[int], world: World) -> list[int
     return ordered[world.rank :: world.world_size]
 
 
-def forward_plan(indices, lengths, world: World, split) -> tuple[list[list[int]], int]:
-    """(this rank's micro-batches, forward passes every rank runs this step).
+def forward_passes(indices, lengths, world: World, split) -> list[tuple[list[int], int]]:
+    """This rank's forward passes of one step, as (example indices, loss weight).
 
-    `split(share)` cuts one rank's share into micro-batches; every rank computes every rank's count (the
-    plan is deterministic), so no communication is needed to agree on the number of passes.
+    `split(share)` cuts one rank's share into micro-batches. One process: every micro-batch, weight 1.
+    Under torchrun: this rank's micro-batches with weight world_size (DDP and FSDP average gradients over
+    ranks; the step's loss is their sum), then zero-weighted passes over one example until it has run as
+    many passes as the busiest rank, so FSDP's collectives stay in step. Every rank computes every rank's
+    count (the plan is deterministic), so no communication is needed to agree on it.
     """
     if not world.enabled:
-        batches = split(list(indices))
-        return batches, len(batches)
+        return [(batch, 1) for batch in split(list(indices))]
     counts = []
     mine: list[list[int]] = []
     for rank in range(world.world_size):
@@ -142,7 +144,8 @@ def forward_plan(indices, lengths, world: World, split) -> tuple[list[list[int]]
         counts.append(len(batches))
         if rank == world.rank:
             mine = batches
-    return mine, max(counts)
+    padding = (mine or [list(indices)])[0][:1]
+    return [(batch, world.world_size) for batch in mine] + [(padding, 0)] * (max(counts) - len(mine))
 
 
 def sum_over_ranks(values: list[float], world: World) -> list[float]:
@@ -202,7 +205,3 @@ def leave(world: World, exit_code: int) -> None:
         stream.flush()
     os._exit(exit_code)
 
-
-def barrier(world: World) -> None:
-    if world.enabled:
-        dist.barrier()

@@ -131,7 +131,7 @@ def test_eval_data_and_forgetting_gate_land_in_summary(tmp_path, tiny_model_dir,
 def test_self_replay_trains_on_the_models_own_finished_answers(tmp_path, tiny_model_dir, qa_rows, monkeypatch):
     """builtin:self asks the model as training starts; answers cut by the token budget are dropped. The
     generation is replaced by a recorder here (a tiny random model never finishes a sentence)."""
-    import tuneforge.evaluate.generation as generation
+    import tuneforge.generation as generation
     from tuneforge.data.replay import GENERAL_PROMPTS
 
     asked: list[str] = []
@@ -153,7 +153,7 @@ def test_self_replay_trains_on_the_models_own_finished_answers(tmp_path, tiny_mo
 
 
 def test_self_replay_refuses_when_no_answer_finishes(tmp_path, tiny_model_dir, qa_rows, monkeypatch):
-    import tuneforge.evaluate.generation as generation
+    import tuneforge.generation as generation
     from tuneforge.errors import UserError
 
     monkeypatch.setattr(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tuneforge.evaluate.generation import generate_chat, generate_ids
+from tuneforge.generation import generate_chat, generate_ids
 
 
 def test_batched_equals_one_at_a_time_and_hf_generate(tiny_model_dir):
@@ -103,7 +103,7 @@ def test_streaming_never_sends_a_stop_string_or_what_follows(tiny_model_dir, tin
     even when the stop string spans tokens (its first part is held back until the next token decides)."""
     from transformers import AutoModelForCausalLM
 
-    from tuneforge.evaluate.generation import _streamable_end
+    from tuneforge.generation import _streamable_end
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     conversation = [[{"role": "user", "content": "what is a"}]]

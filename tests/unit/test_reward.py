@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import write_jsonl
 from tuneforge.config import build_config
-from tuneforge.recipes.reward import load_reward_model, train
+from tuneforge.recipes.reward import train
+from tuneforge.reward_model import load_reward_model
 
 LETTERS = "abcdefghijklmnopqrstuvwxy"
 
@@ -108,7 +109,7 @@ def test_score_pooling_reads_the_last_answer_token_or_the_mean_or_sum_over_answe
     Row 1: hidden[..., 0] = 10, 20, 30, 40, 50; answer labels at positions 1, 2 and 4.
       last = 50 + 0.5 = 50.5;  sum = 20.5 + 30.5 + 50.5 = 101.5;  mean = 101.5 / 3 = 33.8333...
     Mean pooling scaled by answer_tokens = 3 (a training set's mean answer length): 12.0 and 101.5."""
-    from tuneforge.recipes.reward import ScoredModel
+    from tuneforge.reward_model import ScoredModel
 
     hidden = torch.zeros(2, 5, 2)
     hidden[0, :, 0] = torch.tensor([1.0, 2, 3, 4, 0])

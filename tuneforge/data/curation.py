@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import random
 import re
 import unicodedata
 from pathlib import Path
@@ -53,6 +55,22 @@ def near_key(row: Any) -> int:
     return _digest(normalised_text(row))
 
 
+def split_validation(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Deterministic train/validation split by seed (the same seed always holds out the same rows).
+
+    Used by `train --validation-split` for every method and by `tuneforge split`, so both hold out the same rows.
+    """
+    if fraction <= 0:
+        return items, []
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_valid = max(1, math.ceil(len(items) * fraction))
+    held_out = set(order[:n_valid])
+    train = [item for i, item in enumerate(items) if i not in held_out]
+    valid = [item for i, item in enumerate(items) if i in held_out]
+    return train, valid
+
+
 def _read_lines(path: str | Path) -> list[bytes]:
     path = Path(path)
     if not path.is_file():
@@ -62,9 +80,7 @@ def _read_lines(path: str | Path) -> list[bytes]:
 
 
 def split_file(path, validation_fraction: float, seed: int, train_out, validation_out) -> tuple[int, int]:
-    """Deterministic by seed, with the same rule `train --validation-split` uses (recipes.sft.split_validation)."""
-    from tuneforge.recipes.sft import split_validation
-
+    """Deterministic by seed, with the same rule `train --validation-split` uses (`split_validation`)."""
     if not 0 < validation_fraction < 1:
         raise UserError(f"--validation-fraction must be between 0 and 1, got {validation_fraction}")
     lines = _read_lines(path)

@@ -23,8 +23,10 @@ through the file when it is shorter), so R = 0.25 makes replay one fifth of the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
+import sys
 from pathlib import Path
 
 from tuneforge.data.formats import Conversation, row_to_conversation
@@ -38,9 +40,22 @@ SELF_REPLAY_MAX_NEW_TOKENS = 160
 PARAGRAPH_CHARS = 600  # builtin text is cut into paragraphs about this long: ~150 tokens per example
 
 
-def _pydoc_paragraphs() -> list[str]:
-    from tuneforge.evaluate.forgetting import general_corpus
+def general_corpus(split: str = "eval") -> dict:
+    """{"name", "python", "sha256", "texts"}: the topics of one split of pydoc_data.topics, sorted by name.
 
+    Distinct topic texts in name order; even-numbered ones are the split forgetting is measured on
+    ("eval"), odd-numbered ones the replay split, so replay never trains on the measured text.
+    """
+    from pydoc_data.topics import topics
+
+    unique = list(dict.fromkeys(topics[name] for name in sorted(topics)))  # some topic names share one text
+    keep = 0 if split == "eval" else 1
+    texts = [text for i, text in enumerate(unique) if i % 2 == keep]
+    digest = hashlib.sha256("\n\n".join(texts).encode()).hexdigest()
+    return {"name": f"pydoc_data.topics[{split}]", "python": sys.version.split()[0], "sha256": digest, "texts": texts}
+
+
+def _pydoc_paragraphs() -> list[str]:
     paragraphs = []
     for text in general_corpus("replay")["texts"]:
         current = ""
@@ -54,37 +69,15 @@ def _pydoc_paragraphs() -> list[str]:
     return paragraphs
 
 
-def self_replay_rows(model, tokenizer, prompts: list[str] | None = None) -> list[Conversation]:
-    """The model's own greedy answers to general prompts, as chat rows (finished answers only)."""
-    from tuneforge.evaluate.generation import generate_chat
-
-    prompts = prompts if prompts is not None else GENERAL_PROMPTS.read_text().splitlines()
-    conversations = [[{"role": "user", "content": prompt}] for prompt in prompts if prompt.strip()]
-    was_training = model.training
-    model.eval()
-    try:
-        answers = generate_chat(model, tokenizer, conversations, max_new_tokens=SELF_REPLAY_MAX_NEW_TOKENS)
-    finally:
-        model.train(was_training)
-    return [
-        Conversation(messages=[*conversation, {"role": "assistant", "content": answer["text"].strip()}], line=i + 1)
-        for i, (conversation, answer) in enumerate(zip(conversations, answers, strict=True))
-        if answer["finish_reason"] == "stop" and answer["text"].strip()
-    ]
-
-
-def load_replay_rows(source: str, model=None, tokenizer=None) -> list[Conversation | str]:
+def load_replay_rows(source: str, self_rows: list[Conversation] | None = None) -> list[Conversation | str]:
     """Conversations (chat rows) and plain strings (text lines) from a replay file, `builtin:pydoc`, or
-    `builtin:self` (which needs the model and tokenizer)."""
+    `builtin:self`, whose rows (the model's own answers) the recipe generates and hands in as `self_rows`."""
     if source == BUILTIN_PYDOC:
         return _pydoc_paragraphs()
     if source == BUILTIN_SELF:
-        if model is None or tokenizer is None:
+        if not self_rows:
             raise UserError("builtin:self replay needs the model being trained (use it with tuneforge train)")
-        rows = self_replay_rows(model, tokenizer)
-        if not rows:
-            raise UserError("builtin:self: the model finished none of the general prompts within the token budget")
-        return rows
+        return self_rows
     path = Path(source)
     if not path.is_file():
         raise UserError("replay file not found (give a JSONL/text file, builtin:pydoc or builtin:self)", path=source)
@@ -127,13 +120,13 @@ def text_example(tokenizer, text: str, max_length: int) -> TokenizedExample:
 
 
 def replay_examples(
-    tokenizer, source: str | None, ratio: float, n_train: int, seed: int, max_length: int, model=None
+    tokenizer, source: str | None, ratio: float, n_train: int, seed: int, max_length: int, self_rows=None
 ) -> list[TokenizedExample]:
     """The tokenized replay examples to append to the training examples (none when no source or ratio 0)."""
     if not source or ratio <= 0:
         return []
     examples = []
-    for row in sample_replay(load_replay_rows(source, model, tokenizer), n_train, ratio, seed):
+    for row in sample_replay(load_replay_rows(source, self_rows), n_train, ratio, seed):
         if isinstance(row, str):
             example = text_example(tokenizer, row, max_length)
         else:

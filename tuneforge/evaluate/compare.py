@@ -103,7 +103,7 @@ def run_variant(
 ) -> dict:
     """Answer every prompt batched (timing each batch), then a few one at a time for single-request latency."""
     from tuneforge.data.tokenize import tokenize_prompt
-    from tuneforge.evaluate.generation import generate_chat
+    from tuneforge.generation import generate_chat
 
     budget = answer_budget(tokenizer, references, max_new_tokens)
     lengths = [len(tokenize_prompt(tokenizer, p, t)) for p, t in zip(prompts, tools, strict=True)]

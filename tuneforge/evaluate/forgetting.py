@@ -20,28 +20,17 @@ Three measurements of drift between the base model and the fine-tuned one, all o
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from tuneforge.data.replay import general_corpus  # the corpus is data; forgetting is measured on its eval split
+
 GENERAL_QUESTIONS = Path(__file__).with_name("general_questions.jsonl")
-
-
-def general_corpus(split: str = "eval") -> dict:
-    """{"name", "python", "sha256", "texts"}: the topics of one split of pydoc_data.topics, sorted by name."""
-    from pydoc_data.topics import topics
-
-    unique = list(dict.fromkeys(topics[name] for name in sorted(topics)))  # some topic names share one text
-    keep = 0 if split == "eval" else 1
-    texts = [text for i, text in enumerate(unique) if i % 2 == keep]
-    digest = hashlib.sha256("\n\n".join(texts).encode()).hexdigest()
-    return {"name": f"pydoc_data.topics[{split}]", "python": sys.version.split()[0], "sha256": digest, "texts": texts}
 
 
 def token_windows(tokenizer, texts: list[str], n_windows: int = 32, window: int = 128) -> list[list[int]]:
@@ -141,7 +130,7 @@ def answer_agreement(
 ) -> dict:
     """Share of general questions where base and fine-tuned give the same greedy answer, and (with
     `accepts`) the share of checkable ones each answers correctly."""
-    from tuneforge.evaluate.generation import generate_chat
+    from tuneforge.generation import generate_chat
 
     base_answers = [
         o["text"]

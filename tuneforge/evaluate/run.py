@@ -40,7 +40,7 @@ def answer_budget(tokenizer, references: list[str], cap: int) -> int:
 
 
 def evaluate(model, tokenizer, data: str | Path, max_new_tokens: int = 256, batch_size: int = 32) -> dict:
-    from tuneforge.evaluate.generation import generate_chat
+    from tuneforge.generation import generate_chat
     from tuneforge.evaluate.metrics import score
 
     prompts, references, tools = load_eval_set(data)

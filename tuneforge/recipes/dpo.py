@@ -19,36 +19,18 @@ the whole optimizer step, so how a step is cut into micro-batches never changes 
 
 from __future__ import annotations
 
-import resource
-import sys
-import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from tuneforge.checkpoint import load_checkpoint, resume_point, save_checkpoint, save_weights, write_json_atomic
+from tuneforge.checkpoint import save_weights
 from tuneforge.config import TrainConfig
 from tuneforge.data.batching import collate, plan_epoch, split_micro_batches
 from tuneforge.data.formats import load_preference_pairs
 from tuneforge.data.preference import TokenizedPair, tokenize_pairs
 from tuneforge.losses import chosen_nll, dpo_sigmoid_loss, ipo_loss, sequence_logprobs, simpo_loss
-from tuneforge.recipes.common import (
-    MetricsLog,
-    StopRequest,
-    Throughput,
-    autocast_for,
-    build_model,
-    count_parameters,
-    decoder_and_head,
-    final_hidden_states,
-    make_optimizer,
-    seed_everything,
-    write_summary,
-)
-from tuneforge.recipes.sft import split_validation
-from tuneforge.schedule import learning_rate_at, step_plan
+from tuneforge.recipes import run
+from tuneforge.trainable import autocast_for, build_model, decoder_and_head, final_hidden_states
 
 
 def pair_logprobs(model, pairs: list[TokenizedPair], pad_id: int, device: str) -> tuple[torch.Tensor, ...]:
@@ -156,179 +138,59 @@ def evaluate_pairs(model, pairs, reference, config: TrainConfig, pad_id: int, de
 
 
 def train(config: TrainConfig) -> dict:
-    output = Path(config.output)
-    raw_pairs = load_preference_pairs(config.data)
-    raw_valid = load_preference_pairs(config.validation_data) if config.validation_data else []
-    if not raw_valid and config.validation_split > 0:
-        raw_pairs, raw_valid = split_validation(raw_pairs, config.validation_split, config.seed)
-
-    seed_everything(config.seed)
+    raw_pairs, raw_valid = run.train_and_validation(config, load_preference_pairs)
+    run.seed_everything(config.seed)
     model, tokenizer, device, dtype = build_model(config)
     train_pairs = tokenize_pairs(tokenizer, raw_pairs, config.max_length, config.data)
     valid_pairs = tokenize_pairs(tokenizer, raw_valid, config.max_length, config.validation_data or config.data)
     pad_id = tokenizer.pad_token_id
     lengths = [p.length for p in train_pairs]
-
     pairs_per_step = config.batch_size * config.gradient_accumulation
-    steps_per_epoch, total_steps, warmup = step_plan(
-        len(train_pairs), pairs_per_step, config.epochs, config.max_steps, config.warmup_ratio
-    )
-    peak_lr = config.resolved_learning_rate()
-    eval_every = config.eval_every or max(1, total_steps // 5)
-    optimizer = make_optimizer(model, config)
-    n_params, n_trainable = count_parameters(model)
-
     # Before any checkpoint is restored: the reference is the policy as training first started.
     train_reference = reference_logprobs(model, train_pairs, config, pad_id, device, dtype)
     valid_reference = reference_logprobs(model, valid_pairs, config, pad_id, device, dtype)
 
-    output.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(output / "train_config.json", config.to_dict())
-    progress = {"step": 0, "epoch": 0, "step_in_epoch": 0, "trained_tokens": 0, "train_seconds": 0.0}
-    resumed_from = resume_point(output, config.resume)
-    if resumed_from is not None:
-        progress = load_checkpoint(resumed_from, model, optimizer)
-    metrics = MetricsLog(output / "metrics.jsonl", append=resumed_from is not None)
-
-    print(
-        f"tuneforge: {config.method}/{config.loss_type} beta={config.beta} "
-        f"{'full' if config.full else f'LoRA r={config.lora_r}'} on {config.model} | {len(train_pairs)} pairs, "
-        f"{total_steps} steps, {device}/{str(dtype).removeprefix('torch.')} | trainable {n_trainable:,} of {n_params:,}"
-        + (f" | from adapter {config.init_adapter}" if config.init_adapter else ""),
-        file=sys.stderr,
-    )
-    valid_metrics: dict = {}
-    initial_valid: dict = {}
-    if valid_pairs and resumed_from is None:
-        initial_valid = evaluate_pairs(model, valid_pairs, valid_reference, config, pad_id, device, dtype)
-        metrics.write({"type": "valid", "step": 0, **initial_valid})
-    throughput = Throughput()
-    recent: list[dict] = []
-    step = progress["step"]
-    status = "completed"
-    bar = tqdm(total=total_steps, initial=step, desc=config.loss_type, unit="step", file=sys.stderr, dynamic_ncols=True)
-    with StopRequest() as stop:
-        epoch = progress["epoch"]
-        skip = progress["step_in_epoch"]
-        while step < total_steps:
-            plan = plan_epoch(lengths, pairs_per_step, config.seed, epoch)
-            for step_in_epoch, indices in enumerate(plan):
-                if step_in_epoch < skip:
-                    continue
-                if step >= total_steps:
-                    break
-                stats = PairStats()
-                for micro in split_micro_batches(
-                    indices, lengths, config.resolved_micro_batch_tokens(device) // 2, max_rows=config.batch_size
-                ):
-                    with autocast_for(device, dtype):
-                        chosen, rejected, chosen_n, rejected_n = pair_logprobs(
-                            model, [train_pairs[i] for i in micro], pad_id, device
-                        )
-                        losses, chosen_rewards, rejected_rewards = pair_losses(
-                            config, chosen, rejected, chosen_n, rejected_n, train_reference[micro]
-                        )
-                    (losses.sum() / len(indices)).backward()
-                    stats.add(losses, chosen_rewards, rejected_rewards, chosen, rejected)
-                if config.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for p in model.parameters() if p.requires_grad], config.max_grad_norm
+    describe = (f"{config.method}/{config.loss_type} beta={config.beta} {'full' if config.full else f'LoRA r={config.lora_r}'}"
+                f" | {len(train_pairs)} pairs" + (f" | from adapter {config.init_adapter}" if config.init_adapter else ""))
+    with run.start(config, model, tokenizer, device, dtype, n_items=len(train_pairs), items_per_step=pairs_per_step,
+                   describe=describe) as shell:
+        if valid_pairs and shell.progress.step == 0:
+            run.log_valid(shell, evaluate_pairs(model, valid_pairs, valid_reference, config, pad_id, device, dtype))
+        for step in run.steps(shell, lambda epoch: plan_epoch(lengths, pairs_per_step, config.seed, epoch)):
+            stats = PairStats()
+            for micro in split_micro_batches(
+                step.indices, lengths, config.resolved_micro_batch_tokens(device) // 2, max_rows=config.batch_size
+            ):
+                with autocast_for(device, dtype):
+                    chosen, rejected, chosen_n, rejected_n = pair_logprobs(
+                        model, [train_pairs[i] for i in micro], pad_id, device
                     )
-                lr = learning_rate_at(step, total_steps, peak_lr, warmup, config.lr_schedule)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-
-                step += 1
-                tokens = sum(
-                    len(train_pairs[i].chosen.input_ids) + len(train_pairs[i].rejected.input_ids) for i in indices
-                )
-                throughput.add(tokens)
-                progress.update(
-                    step=step,
-                    epoch=epoch,
-                    step_in_epoch=step_in_epoch + 1,
-                    trained_tokens=progress["trained_tokens"] + tokens,
-                )
-                step_metrics = stats.means()
-                recent.append(step_metrics)
-                if step % config.log_every == 0 or step == total_steps:
-                    metrics.write(
-                        {
-                            "type": "train",
-                            "step": step,
-                            "epoch": round(epoch + (step_in_epoch + 1) / len(plan), 4),
-                            **step_metrics,
-                            "lr": lr,
-                            "tokens_per_second": round(throughput.tokens_per_second, 2),
-                            "trained_tokens": progress["trained_tokens"],
-                        }
+                    losses, chosen_rewards, rejected_rewards = pair_losses(
+                        config, chosen, rejected, chosen_n, rejected_n, train_reference[micro]
                     )
-                bar.set_postfix(loss=f"{step_metrics['loss']:.4f}", acc=f"{step_metrics['rewards/accuracies']:.2f}")
-                bar.update(1)
-                if valid_pairs and (step % eval_every == 0 or step == total_steps):
-                    valid_metrics = evaluate_pairs(model, valid_pairs, valid_reference, config, pad_id, device, dtype)
-                    metrics.write({"type": "valid", "step": step, **valid_metrics})
-                if config.save_every and (step % config.save_every == 0 or stop.requested) and step < total_steps:
-                    progress["train_seconds"] = progress.get("train_seconds", 0.0) + throughput.seconds
-                    path = save_checkpoint(output, step, model, optimizer, progress, config.keep_checkpoints)
-                    progress["train_seconds"] -= throughput.seconds
-                    metrics.write(
-                        {"type": "checkpoint", "step": step, "path": str(path), "train_loss": step_metrics["loss"]}
-                    )
-                if stop.requested:
-                    status = "stopped"
-                    break
-            if status == "stopped":
-                break
-            epoch += 1
-            skip = 0
-    bar.close()
-    train_seconds = progress.get("train_seconds", 0.0) + throughput.seconds
-    save_weights(model, tokenizer, output)
-    tail = recent[-max(1, len(recent) // 10) :]
+                (losses.sum() / len(step.indices)).backward()  # per-pair losses over the pairs of the whole step
+                stats.add(losses, chosen_rewards, rejected_rewards, chosen, rejected)
+            run.optimizer_step(shell, step)
+            tokens = sum(len(train_pairs[i].chosen.input_ids) + len(train_pairs[i].rejected.input_ids) for i in step.indices)
+            run.log(shell, step, stats.means(), tokens=tokens, show=("loss", "rewards/accuracies"))
+            if valid_pairs and run.validation_due(shell):
+                run.log_valid(shell, evaluate_pairs(model, valid_pairs, valid_reference, config, pad_id, device, dtype))
+            run.checkpoint_if_due(shell, step)
 
-    def tail_mean(key):
-        return round(sum(r[key] for r in tail) / len(tail), 6) if tail else None
-
-    summary = {
-        "status": status,
-        "model": config.model,
-        "method": config.method,
-        "loss_type": config.loss_type,
-        "beta": config.beta,
-        "full": config.full,
-        "init_adapter": config.init_adapter,
-        "output": str(output),
-        "n_pairs": len(train_pairs),
-        "n_validation_pairs": len(valid_pairs),
-        "steps": step,
-        "total_steps": total_steps,
-        "epochs": round(step / steps_per_epoch, 4),
-        "trained_tokens": progress["trained_tokens"],
-        "train_seconds": round(train_seconds, 3),
-        "tokens_per_second": round(throughput.tokens / max(throughput.seconds, 1e-9), 2),
-        "final_train_loss": tail_mean("loss"),
-        "final_valid_loss": valid_metrics.get("loss"),
-        "train_preference_accuracy": tail_mean("rewards/accuracies"),
-        # Held-out when there are validation pairs, else the last train steps'.
-        "preference_accuracy": valid_metrics.get("rewards/accuracies", tail_mean("rewards/accuracies")),
-        "initial_valid_logps_accuracy": initial_valid.get("logps/accuracies"),
-        "valid_logps_accuracy": valid_metrics.get("logps/accuracies"),
-        "valid_reward_margin": valid_metrics.get("rewards/margins"),
-        "n_parameters": n_params,
-        "n_trainable_parameters": n_trainable,
-        "device": device,
-        "dtype": str(dtype).removeprefix("torch."),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "resumed_from": str(resumed_from) if resumed_from else None,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if config.eval_data or config.max_forgetting is not None:
-        from tuneforge.evaluate.compare import training_eval
-
-        summary.update(training_eval(model, tokenizer, config))  # "eval" and "forgetting", as after SFT
-    write_summary(output, summary)
-    metrics.close()
-    return summary
+        save_weights(model, tokenizer, shell.output)
+        initial = shell.valid_history[0] if shell.valid_history and shell.valid_history[0]["step"] == 0 else {}
+        final = shell.valid_history[-1] if shell.valid_history else {}
+        train_accuracy = run.tail_mean(shell, "rewards/accuracies")
+        return run.finish(shell, {
+            "loss_type": config.loss_type,
+            "beta": config.beta,
+            "init_adapter": config.init_adapter,
+            "n_pairs": len(train_pairs),
+            "n_validation_pairs": len(valid_pairs),
+            "train_preference_accuracy": train_accuracy,
+            # Held-out when there are validation pairs, else the last train steps'.
+            "preference_accuracy": final.get("rewards/accuracies", train_accuracy),
+            "initial_valid_logps_accuracy": initial.get("logps/accuracies"),
+            "valid_logps_accuracy": final.get("logps/accuracies"),
+            "valid_reward_margin": final.get("rewards/margins"),
+        })

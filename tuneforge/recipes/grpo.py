@@ -23,40 +23,21 @@ when matplotlib is installed (`pip install tuneforge[report]`).
 
 from __future__ import annotations
 
-import random
-import resource
-import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from tuneforge.checkpoint import load_checkpoint, resume_point, save_checkpoint, save_weights, write_json_atomic
+from tuneforge.checkpoint import save_weights
 from tuneforge.config import TrainConfig
-from tuneforge.data.batching import collate, split_micro_batches
+from tuneforge.data.batching import collate, plan_epoch, split_micro_batches
 from tuneforge.data.preference import RLPrompt, load_rl_prompts
 from tuneforge.data.tokenize import IGNORE_INDEX, TokenizedExample, end_of_turn_ids, tokenize_prompt
 from tuneforge.errors import UserError
-from tuneforge.evaluate.generation import generate_ids
+from tuneforge.generation import generate_ids
 from tuneforge.losses import group_advantages, grpo_token_loss, shifted_trained_positions, token_logprobs
-from tuneforge.recipes.common import (
-    MetricsLog,
-    StopRequest,
-    Throughput,
-    autocast_for,
-    build_model,
-    count_parameters,
-    decoder_and_head,
-    final_hidden_states,
-    make_optimizer,
-    seed_everything,
-    write_summary,
-)
-from tuneforge.recipes.sft import split_validation
-from tuneforge.runfiles import trim_metrics
-from tuneforge.schedule import learning_rate_at, step_plan
+from tuneforge.recipes import run
+from tuneforge.trainable import autocast_for, build_model, decoder_and_head, final_hidden_states
 
 REFERENCE_ADAPTER = "reference"
 
@@ -64,7 +45,7 @@ REFERENCE_ADAPTER = "reference"
 def make_scorer(config: TrainConfig, reward_fn=None):
     """A batched scorer (prompts, completions, references) -> list[float] from whichever reward is configured."""
     if reward_fn is None and config.reward_model:
-        from tuneforge.recipes.reward import load_reward_model
+        from tuneforge.reward_model import load_reward_model
 
         return load_reward_model(config.reward_model).batch
     if reward_fn is None:
@@ -135,14 +116,9 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
         raise UserError(
             "grpo with --full has no reference without a second model copy: use LoRA, or kl_beta=0", code="bad_config"
         )
-    output = Path(config.output)
-    prompts = load_rl_prompts(config.data)
-    valid_prompts = load_rl_prompts(config.validation_data) if config.validation_data else []
-    if not valid_prompts and config.validation_split > 0:
-        prompts, valid_prompts = split_validation(prompts, config.validation_split, config.seed)
+    prompts, valid_prompts = run.train_and_validation(config, load_rl_prompts)
     score = make_scorer(config, reward_fn)
-
-    seed_everything(config.seed)
+    run.seed_everything(config.seed)
     model, tokenizer, device, dtype = build_model(config)
     if config.init_adapter and not config.full:
         model.load_adapter(config.init_adapter, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
@@ -153,111 +129,62 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
     # The token appended to a completion that stopped, so the policy learns (and is credited for) stopping.
     stop_id = tokenizer.eos_token_id if tokenizer.eos_token_id in eos_ids else min(eos_ids)
-
-    steps_per_epoch, total_steps, warmup = step_plan(
-        len(prompts), config.batch_size, config.epochs, config.max_steps, config.warmup_ratio
-    )
-    peak_lr = config.resolved_learning_rate()
-    eval_every = config.eval_every or max(1, total_steps // 5)
-    optimizer = make_optimizer(model, config)
-    n_params, n_trainable = count_parameters(model)
+    prompt_lengths = [len(ids) for ids in prompt_ids]
     generator = torch.Generator(device=device).manual_seed(config.seed)
 
-    output.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(output / "train_config.json", config.to_dict())
-    # A checkpoint holds, besides weights, AdamW and the global RNGs: the step, the prompts still to come
-    # in this pass, and the sampling generator's state, so a resumed run draws the same completions.
-    progress = {"step": 0, "trained_tokens": 0, "order": [], "sampler": []}
-    logged: list[dict] = []  # what an earlier attempt logged up to the checkpoint
-    resumed_from = resume_point(output, config.resume)
-    if resumed_from is not None:
-        progress = load_checkpoint(resumed_from, model, optimizer)
-        generator.set_state(torch.tensor(progress["sampler"], dtype=torch.uint8))
-        logged = trim_metrics(output / "metrics.jsonl", progress["step"])
-    metrics = MetricsLog(output / "metrics.jsonl", append=resumed_from is not None)
-    print(
-        f"tuneforge: grpo {'full' if config.full else f'LoRA r={config.lora_r}'} on {config.model} | {len(prompts)} prompts x "
-        f"{config.group_size} samples, {total_steps} steps, reward {config.reward or config.reward_model or 'callable'} | "
-        f"trainable {n_trainable:,} of {n_params:,}",
-        file=sys.stderr,
-    )
-    history: list[dict] = []
-    valid_history: list[dict] = []
-    if resumed_from is not None:  # the curves so far, for the plot and the summary
-        history = [r for r in logged if r.get("type") == "train"]
-        valid_history = [r for r in logged if r.get("type") == "valid"]
-    elif valid_prompts:
-        valid_reward = held_out_reward(model, tokenizer, valid_prompts, valid_ids, score, config, eos_ids, pad_id)
-        valid_history.append({"type": "valid", "step": 0, "reward": round(valid_reward, 6)})
-        metrics.write(valid_history[-1])
-    throughput = Throughput()
-    trained_tokens = progress["trained_tokens"]
-    order: list[int] = list(progress["order"])
-    step = progress["step"]
-    status = "completed"
-    bar = tqdm(total=total_steps, initial=step, desc="grpo", unit="step", file=sys.stderr, dynamic_ncols=True)
-    with StopRequest() as stop:
-        while step < total_steps:
-            if len(order) < config.batch_size:  # a fresh shuffled pass over the prompts
-                epoch_order = list(range(len(prompts)))
-                random.Random(config.seed * 1_000_003 + step).shuffle(epoch_order)
-                order += epoch_order
-            indices, order = order[: config.batch_size], order[config.batch_size :]
+    def held_out():
+        return {"reward": round(held_out_reward(model, tokenizer, valid_prompts, valid_ids, score, config, eos_ids, pad_id), 6)}
 
+    reward_name = config.reward or config.reward_model or "callable"
+    describe = (f"grpo {'full' if config.full else f'LoRA r={config.lora_r}'} | {len(prompts)} prompts x "
+                f"{config.group_size} samples, reward {reward_name}")
+    with run.start(config, model, tokenizer, device, dtype, n_items=len(prompts), items_per_step=config.batch_size,
+                   describe=describe) as shell:
+        if "sampler" in shell.progress.extra:  # resumed: draw the completions the uninterrupted run would have
+            generator.set_state(torch.tensor(shell.progress.extra["sampler"], dtype=torch.uint8))
+        if valid_prompts and shell.progress.step == 0:
+            run.log_valid(shell, held_out())
+        for step in run.steps(shell, lambda epoch: plan_epoch(prompt_lengths, config.batch_size, config.seed, epoch)):
             # 1-2. Sample a group per prompt and score it.
+            group = [i for i in step.indices for _ in range(config.group_size)]
             model.eval()
-            group = [i for i in indices for _ in range(config.group_size)]
             outputs, reasons = generate_ids(
-                model,
-                [prompt_ids[i] for i in group],
-                eos_ids=eos_ids,
-                pad_id=pad_id,
-                max_new_tokens=config.max_new_tokens,
-                temperature=config.temperature,
-                generator=generator,
-            )
-            model.train()
+                model, [prompt_ids[i] for i in group], eos_ids=eos_ids, pad_id=pad_id,
+                max_new_tokens=config.max_new_tokens, temperature=config.temperature, generator=generator,
+            )  # fmt: skip
             texts = [tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
             rewards = torch.tensor(
                 score([prompts[i].messages for i in group], texts, [prompts[i].reference for i in group]),
                 dtype=torch.float32,
             )
             # 3. Advantages within each prompt's group.
-            advantages = group_advantages(rewards.view(len(indices), config.group_size)).view(-1)
+            advantages = group_advantages(rewards.view(len(step.indices), config.group_size)).view(-1)
 
             # 4. Completion tokens, and the sampling and reference policies' log-probs of them.
             examples = []
             for i, completion, reason in zip(group, outputs, reasons, strict=True):
                 answer = completion + ([stop_id] if reason == "stop" else [])
                 examples.append(TokenizedExample(prompt_ids[i] + answer, [IGNORE_INDEX] * len(prompt_ids[i]) + answer))
+            completion_lengths = [len(e.input_ids) - prompt_lengths[i] for e, i in zip(examples, group, strict=True)]
+            step_tokens = sum(completion_lengths)
             lengths = [len(e.input_ids) for e in examples]
             micro_batches = split_micro_batches(
                 list(range(len(examples))), lengths, config.resolved_micro_batch_tokens(device), max_rows=len(examples)
             )
-            step_tokens = sum(len(e.input_ids) - len(prompt_ids[i]) for e, i in zip(examples, group, strict=True))
-            model.eval()
-            old = (
-                all_logprobs(model, examples, micro_batches, pad_id, device, dtype)
-                if config.policy_updates > 1
-                else None
-            )
+            old = all_logprobs(model, examples, micro_batches, pad_id, device, dtype) if config.policy_updates > 1 else None
             if config.kl_beta > 0:
                 with reference_policy(model, config):
                     reference = all_logprobs(model, examples, micro_batches, pad_id, device, dtype)
             model.train()
 
             # 5. Clipped objective + KL, normalised by the step's completion tokens.
-            lr = learning_rate_at(step, total_steps, peak_lr, warmup, config.lr_schedule)
-            for group_params in optimizer.param_groups:
-                group_params["lr"] = lr
             for _ in range(config.policy_updates):
                 loss_total, kl_total, clipped = 0.0, 0.0, 0
                 for m, micro in enumerate(micro_batches):
                     with autocast_for(device, dtype):
                         logprobs = completion_logprobs(model, [examples[i] for i in micro], pad_id, device)
-                    token_advantages = torch.cat(
-                        [advantages[i].expand(len(examples[i].input_ids) - len(prompt_ids[group[i]])) for i in micro]
-                    ).to(logprobs.device)
+                    token_advantages = torch.cat([advantages[i].expand(completion_lengths[i]) for i in micro])
+                    token_advantages = token_advantages.to(logprobs.device)
                     old_logprobs = old[m].to(logprobs.device) if old is not None else logprobs.detach()
                     ref_logprobs = reference[m].to(logprobs.device) if config.kl_beta > 0 else logprobs.detach()
                     token_loss, kl = grpo_token_loss(
@@ -268,95 +195,38 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
                     kl_total += float(kl.sum())
                     ratio = torch.exp(logprobs.detach() - old_logprobs)
                     clipped += int(((ratio - 1).abs() > config.clip_epsilon).sum())
-                if config.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for p in model.parameters() if p.requires_grad], config.max_grad_norm
-                    )
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                run.optimizer_step(shell, step)  # the same scheduled lr for every update on this batch
 
-            step += 1
-            tokens = sum(lengths)
-            throughput.add(tokens)
-            trained_tokens += tokens
-            record = {
-                "type": "train",
-                "step": step,
+            run.log(shell, step, {
                 "loss": round(loss_total, 6),
                 "reward": round(float(rewards.mean()), 6),
                 "reward_std": round(float(rewards.std(unbiased=False)), 6),
                 "kl": round(kl_total / step_tokens, 6),
                 "completion_length": round(step_tokens / len(examples), 3),
                 "clip_fraction": round(clipped / step_tokens, 4),
-                "lr": lr,
-                "tokens_per_second": round(throughput.tokens_per_second, 2),
-            }
-            history.append(record)
-            if step % config.log_every == 0 or step == total_steps:
-                metrics.write(record)
-            bar.set_postfix(reward=f"{record['reward']:.3f}", kl=f"{record['kl']:.4f}")
-            bar.update(1)
-            if valid_prompts and (step % eval_every == 0 or step == total_steps):
-                valid_reward = held_out_reward(
-                    model, tokenizer, valid_prompts, valid_ids, score, config, eos_ids, pad_id
-                )
-                valid_history.append({"type": "valid", "step": step, "reward": round(valid_reward, 6)})
-                metrics.write(valid_history[-1])
-            if config.save_every and (step % config.save_every == 0 or stop.requested) and step < total_steps:
-                progress.update(
-                    step=step, trained_tokens=trained_tokens, order=order, sampler=generator.get_state().tolist()
-                )
-                path = save_checkpoint(
-                    output, step, model, optimizer, progress, config.keep_checkpoints, config.to_dict()
-                )
-                metrics.write({"type": "checkpoint", "step": step, "path": str(path)})
-            if stop.requested:
-                status = "stopped"
-                break
-    bar.close()
-    if config.init_adapter and not config.full:
-        model.delete_adapter(REFERENCE_ADAPTER)  # save only the trained adapter
-    save_weights(model, tokenizer, output)
-    plot = write_plot(output / "grpo.png", history, valid_history)
-    tail = history[-max(1, len(history) // 10) :]
-    summary = {
-        "status": status,
-        "model": config.model,
-        "method": config.method,
-        "full": config.full,
-        "output": str(output),
-        "reward": config.reward or config.reward_model or "callable",
-        "n_prompts": len(prompts),
-        "n_validation_prompts": len(valid_prompts),
-        "group_size": config.group_size,
-        "steps": step,
-        "total_steps": total_steps,
-        "trained_tokens": trained_tokens,
-        "train_seconds": round(throughput.seconds, 3),
-        "tokens_per_second": round(throughput.tokens / max(throughput.seconds, 1e-9), 2),
-        "final_train_loss": round(sum(r["loss"] for r in tail) / len(tail), 6) if tail else None,
-        "final_valid_loss": None,
-        "initial_train_reward": history[0]["reward"] if history else None,
-        "final_train_reward": round(sum(r["reward"] for r in tail) / len(tail), 6) if tail else None,
-        "initial_valid_reward": valid_history[0]["reward"] if valid_history else None,
-        "final_valid_reward": valid_history[-1]["reward"] if valid_history else None,
-        "final_kl": tail[-1]["kl"] if tail else None,
-        "plot": str(plot) if plot else None,
-        "n_parameters": n_params,
-        "n_trainable_parameters": n_trainable,
-        "device": device,
-        "dtype": str(dtype).removeprefix("torch."),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "resumed_from": str(resumed_from) if resumed_from else None,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if config.eval_data or config.max_forgetting is not None:
-        from tuneforge.evaluate.compare import training_eval
+            }, tokens=sum(lengths), loss_tokens=step_tokens, show=("reward", "kl"))
+            if valid_prompts and run.validation_due(shell):
+                run.log_valid(shell, held_out())
+            shell.progress.extra["sampler"] = generator.get_state().tolist()
+            run.checkpoint_if_due(shell, step)
 
-        summary.update(training_eval(model, tokenizer, config))  # "eval" and "forgetting", as after SFT
-    write_summary(output, summary)
-    metrics.close()
-    return summary
+        if config.init_adapter and not config.full:
+            model.delete_adapter(REFERENCE_ADAPTER)  # save only the trained adapter
+        save_weights(model, tokenizer, shell.output)
+        plot = write_plot(shell.output / "grpo.png", shell.history, shell.valid_history)
+        history, valid_history = shell.history, shell.valid_history
+        return run.finish(shell, {
+            "reward": reward_name,
+            "n_prompts": len(prompts),
+            "n_validation_prompts": len(valid_prompts),
+            "group_size": config.group_size,
+            "initial_train_reward": history[0]["reward"] if history else None,
+            "final_train_reward": run.tail_mean(shell, "reward"),
+            "initial_valid_reward": valid_history[0]["reward"] if valid_history else None,
+            "final_valid_reward": valid_history[-1]["reward"] if valid_history else None,
+            "final_kl": history[-1]["kl"] if history else None,
+            "plot": str(plot) if plot else None,
+        })
 
 
 def write_plot(path: Path, history: list[dict], valid_history: list[dict]) -> Path | None:

@@ -13,60 +13,20 @@ FSDP2 for full fine-tuning; see `tuneforge.distributed`).
 from __future__ import annotations
 
 import math
-import random
-import resource
-import sys
-import time
-from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from tuneforge import distributed
-from tuneforge.checkpoint import (
-    load_checkpoint,
-    restore_trainable,
-    resume_point,
-    save_checkpoint,
-    save_weights,
-    trainable_state,
-    write_json_atomic,
-)
+from tuneforge import distributed, generation
+from tuneforge.checkpoint import restore_trainable, save_weights, trainable_state
 from tuneforge.config import TrainConfig
 from tuneforge.data.batching import collate, count_trained_targets, plan_epoch, split_micro_batches
 from tuneforge.data.formats import Conversation, load_conversations
-from tuneforge.data.replay import replay_examples
+from tuneforge.data.replay import BUILTIN_SELF, GENERAL_PROMPTS, SELF_REPLAY_MAX_NEW_TOKENS, replay_examples
 from tuneforge.data.tokenize import TokenizedExample, tokenize_conversation
 from tuneforge.errors import UserError
 from tuneforge.losses import linear_cross_entropy_sum, shifted_trained_positions
-from tuneforge.recipes.common import (
-    MetricsLog,
-    StopRequest,
-    Throughput,
-    autocast_for,
-    build_model,
-    count_parameters,
-    decoder_and_head,
-    final_hidden_states,
-    make_optimizer,
-    seed_everything,
-    write_summary,
-)
-from tuneforge.runfiles import trim_metrics
-from tuneforge.schedule import learning_rate_at, step_plan
-
-
-def split_validation(conversations: list[Conversation], fraction: float, seed: int):
-    """Deterministic train/validation split by seed (the same seed always holds out the same rows)."""
-    if fraction <= 0:
-        return conversations, []
-    order = list(range(len(conversations)))
-    random.Random(seed).shuffle(order)
-    n_valid = max(1, math.ceil(len(conversations) * fraction))
-    held_out = set(order[:n_valid])
-    train = [c for i, c in enumerate(conversations) if i not in held_out]
-    valid = [c for i, c in enumerate(conversations) if i in held_out]
-    return train, valid
+from tuneforge.recipes import run
+from tuneforge.trainable import autocast_for, build_model, decoder_and_head, final_hidden_states
 
 
 def tokenize_all(tokenizer, conversations: list[Conversation], max_length: int, path: str) -> list[TokenizedExample]:
@@ -137,229 +97,92 @@ def validation_loss(
     return total / max(count, 1)
 
 
-def train(config: TrainConfig) -> dict:
-    output = Path(config.output)
-    train_path = config.data
-    conversations = load_conversations(train_path)
-    valid_conversations = load_conversations(config.validation_data) if config.validation_data else []
-    if not valid_conversations and config.validation_split > 0:
-        conversations, valid_conversations = split_validation(conversations, config.validation_split, config.seed)
+def self_replay_rows(model, tokenizer) -> list[Conversation]:
+    """`--replay builtin:self`: the model's own greedy answers to general prompts, as chat rows (finished
+    answers only). The model runs here, in the recipe; the data layer only tokenizes and samples them."""
+    prompts = [line for line in GENERAL_PROMPTS.read_text().splitlines() if line.strip()]
+    conversations = [[{"role": "user", "content": prompt}] for prompt in prompts]
+    was_training = model.training
+    model.eval()
+    try:
+        answers = generation.generate_chat(model, tokenizer, conversations, max_new_tokens=SELF_REPLAY_MAX_NEW_TOKENS)
+    finally:
+        model.train(was_training)
+    rows = [
+        Conversation(messages=[*conversation, {"role": "assistant", "content": answer["text"].strip()}], line=i + 1)
+        for i, (conversation, answer) in enumerate(zip(conversations, answers, strict=True))
+        if answer["finish_reason"] == "stop" and answer["text"].strip()
+    ]
+    if not rows:
+        raise UserError("builtin:self: the model finished none of the general prompts within the token budget")
+    return rows
 
+
+def train(config: TrainConfig) -> dict:
+    conversations, valid_conversations = run.train_and_validation(config, load_conversations)
     world = distributed.setup()
-    seed_everything(config.seed)
+    run.seed_everything(config.seed)
     model, tokenizer, device, dtype = build_model(config, distributed.device_for(world))
-    train_examples = tokenize_all(tokenizer, conversations, config.max_length, train_path)
-    replay = replay_examples(
-        tokenizer, config.replay, config.replay_ratio, len(train_examples), config.seed, config.max_length, model=model
-    )
+    train_examples = tokenize_all(tokenizer, conversations, config.max_length, config.data)
+    own_answers = self_replay_rows(model, tokenizer) if config.replay == BUILTIN_SELF and config.replay_ratio > 0 else None
+    replay = replay_examples(tokenizer, config.replay, config.replay_ratio, len(train_examples), config.seed,
+                             config.max_length, self_rows=own_answers)
     train_examples += replay
-    valid_examples = tokenize_all(
-        tokenizer, valid_conversations, config.max_length, config.validation_data or train_path
-    )
+    valid_examples = tokenize_all(tokenizer, valid_conversations, config.max_length, config.validation_data or config.data)
     pad_id = tokenizer.pad_token_id
     lengths = [len(e.input_ids) for e in train_examples]
-
     examples_per_step = config.batch_size * config.gradient_accumulation
-    steps_per_epoch, total_steps, warmup = step_plan(
-        len(train_examples), examples_per_step, config.epochs, config.max_steps, config.warmup_ratio
-    )
-    peak_lr = config.resolved_learning_rate()
-    eval_every = config.eval_every or max(1, total_steps // 5)
-    n_params, n_trainable = count_parameters(model)
+    micro_tokens = config.resolved_micro_batch_tokens(device)
     loss_model = distributed.wrap(TrainedTokenLoss(model), model, world, config.full)
-    optimizer = make_optimizer(model, config)  # after wrapping: FSDP's optimizer holds this rank's shards
 
-    output.mkdir(parents=True, exist_ok=True)
-    if world.is_main:
-        write_json_atomic(output / "train_config.json", config.to_dict())
-    progress = {"step": 0, "epoch": 0, "step_in_epoch": 0, "trained_tokens": 0, "loss_tokens": 0, "train_seconds": 0.0}
-    resumed_from = resume_point(output, config.resume)
-    if resumed_from is not None:
-        progress = load_checkpoint(resumed_from, model, optimizer)
-        if world.is_main:
-            trim_metrics(output / "metrics.jsonl", progress["step"])  # drop what the dead run logged past it
-    metrics = MetricsLog(output / "metrics.jsonl", append=resumed_from is not None, enabled=world.is_main)
-
-    if world.is_main:
-        print(
-            f"tuneforge: {config.method} {'full' if config.full else f'LoRA r={config.lora_r}'} on {config.model} | "
-            f"{len(train_examples)} examples, {total_steps} steps, {device}/{str(dtype).removeprefix('torch.')} | "
-            f"trainable {n_trainable:,} of {n_params:,}"
-            + (f" | resumed from {resumed_from.name}" if resumed_from else "")
-            + (f" | {world.world_size} processes" if world.enabled else ""),
-            file=sys.stderr,
-        )
-    throughput = Throughput()
-    recent_losses: list[float] = []
-    valid_loss = None
+    describe = f"sft {'full' if config.full else f'LoRA r={config.lora_r}'} | {len(train_examples)} examples"
     best_valid, evals_since_best, best_step, best_weights = math.inf, 0, None, None  # early stopping
-    step = progress["step"]
-    status = "completed"
-    bar = tqdm(
-        total=total_steps,
-        initial=step,
-        desc="train",
-        unit="step",
-        file=sys.stderr,
-        dynamic_ncols=True,
-        disable=not world.is_main,
-    )
-    with StopRequest() as stop:
-        epoch = progress["epoch"]
-        skip = progress["step_in_epoch"]
-        while step < total_steps:
-            plan = plan_epoch(lengths, examples_per_step, config.seed, epoch)
-            for step_in_epoch, indices in enumerate(plan):
-                if step_in_epoch < skip:
-                    continue
-                if step >= total_steps:
-                    break
-                window = [train_examples[i] for i in indices]
-                window_targets = count_trained_targets(window)
-                step_loss = 0.0
-                micro_batches, passes = distributed.forward_plan(
-                    indices,
-                    lengths,
-                    world,
-                    lambda share: split_micro_batches(share, lengths, config.resolved_micro_batch_tokens(device), config.batch_size),
-                )
-                for position in range(passes):
-                    # A rank with fewer micro-batches than another runs a zero-weighted pass (collectives stay in step).
-                    weight = world.world_size if position < len(micro_batches) else 0
-                    micro = micro_batches[position] if weight else (micro_batches or [indices])[0][:1]
-                    batch = collate([train_examples[i] for i in micro], pad_id, device)
-                    with distributed.gradient_sync(loss_model, sync=position == passes - 1):
-                        with autocast_for(device, dtype):
-                            loss_sum, _ = loss_model(**batch)
-                        # x world size: DDP/FSDP average gradients over ranks, the step's loss is their sum.
-                        (loss_sum * (weight / window_targets)).backward()
-                    if weight:
-                        step_loss += float(loss_sum.detach()) / window_targets
-                step_loss, stop_votes = distributed.sum_over_ranks([step_loss, float(stop.requested)], world)
-                if stop_votes:  # a signal reached some rank: all stop after this same step
-                    stop.requested = True
-                if config.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for p in model.parameters() if p.requires_grad], config.max_grad_norm
-                    )
-                lr = learning_rate_at(step, total_steps, peak_lr, warmup, config.lr_schedule)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+    with run.start(config, model, tokenizer, device, dtype, n_items=len(train_examples),
+                   items_per_step=examples_per_step, describe=describe, world=world) as shell:
+        for step in run.steps(shell, lambda epoch: plan_epoch(lengths, examples_per_step, config.seed, epoch)):
+            window = [train_examples[i] for i in step.indices]
+            window_targets = count_trained_targets(window)
+            passes = distributed.forward_passes(
+                step.indices, lengths, world, lambda share: split_micro_batches(share, lengths, micro_tokens, config.batch_size)
+            )
+            step_loss = 0.0
+            for position, (micro, weight) in enumerate(passes):
+                batch = collate([train_examples[i] for i in micro], pad_id, device)
+                with distributed.gradient_sync(loss_model, sync=position == len(passes) - 1):
+                    with autocast_for(device, dtype):
+                        loss_sum, _ = loss_model(**batch)
+                    # Summed token loss over the whole step's trained tokens (x world size: see distributed).
+                    (loss_sum * (weight / window_targets)).backward()
+                if weight:
+                    step_loss += float(loss_sum.detach()) / window_targets
+            (step_loss,) = distributed.sum_over_ranks([step_loss], world)
+            run.optimizer_step(shell, step)
+            run.log(shell, step, {"loss": round(step_loss, 6)}, tokens=sum(len(e.input_ids) for e in window),
+                    loss_tokens=window_targets)
 
-                step += 1
-                tokens = sum(len(e.input_ids) for e in window)
-                throughput.add(tokens)
-                progress.update(
-                    step=step,
-                    epoch=epoch,
-                    step_in_epoch=step_in_epoch + 1,
-                    trained_tokens=progress["trained_tokens"] + tokens,
-                    loss_tokens=progress["loss_tokens"] + window_targets,
-                )
-                recent_losses.append(step_loss)
-                record = {
-                    "type": "train",
-                    "step": step,
-                    "epoch": round(epoch + (step_in_epoch + 1) / len(plan), 4),
-                    "loss": round(step_loss, 6),
-                    "lr": lr,
-                    "tokens_per_second": round(throughput.tokens_per_second, 2),
-                    "trained_tokens": progress["trained_tokens"],
-                }
-                if step % config.log_every == 0 or step == total_steps:
-                    metrics.write(record)
-                bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{throughput.tokens_per_second:.0f}")
-                bar.update(1)
-                if valid_examples and (step % eval_every == 0 or step == total_steps):
-                    valid_loss = validation_loss(loss_model, valid_examples, config, device, dtype, world)
-                    metrics.write({"type": "valid", "step": step, "valid_loss": round(valid_loss, 6)})
-                    if valid_loss < best_valid:
-                        best_valid, evals_since_best, best_step = valid_loss, 0, step
-                        if config.early_stopping_patience:  # the weights to keep if training stops later
-                            best_weights = {name: t.cpu() for name, t in trainable_state(model).items()}
-                    else:
-                        evals_since_best += 1
-                    if config.early_stopping_patience and evals_since_best >= config.early_stopping_patience:
-                        status = "early_stopped"
-                epoch_end = step_in_epoch + 1 == len(plan)
-                if (
-                    config.save_every
-                    and (step % config.save_every == 0 or stop.requested or epoch_end)
-                    and step < total_steps
-                ):
-                    progress["train_seconds"] = progress.get("train_seconds", 0.0) + throughput.seconds
-                    path = save_checkpoint(
-                        output,
-                        step,
-                        model,
-                        optimizer,
-                        progress,
-                        config.keep_checkpoints,
-                        config.to_dict(),
-                        writer=world.is_main,
-                    )
-                    progress["train_seconds"] -= throughput.seconds
-                    metrics.write(
-                        {
-                            "type": "checkpoint",
-                            "step": step,
-                            "path": str(path),
-                            "train_loss": round(step_loss, 6),
-                            "valid_loss": valid_loss,
-                        }
-                    )
-                if stop.requested and step < total_steps:  # a stop during the last step changes nothing
-                    status = "stopped"
-                if status != "completed":
-                    break
-            if status != "completed":
-                break
-            epoch += 1
-            skip = 0
-    bar.close()
-    if status == "early_stopped" and best_weights is not None:
-        restore_trainable(model, best_weights)  # keep the best validation loss, not the last step
-    train_seconds = progress.get("train_seconds", 0.0) + throughput.seconds
-    save_weights(model, tokenizer, output, writer=world.is_main)
-    distributed.teardown(world)  # the last collective; rank 0's evaluation below runs on its own
-    tail = recent_losses[-max(1, len(recent_losses) // 10) :] if recent_losses else []
-    summary = {
-        "status": status,
-        "model": config.model,
-        "method": config.method,
-        "full": config.full,
-        "output": str(output),
-        "n_examples": len(train_examples),
-        "n_validation_examples": len(valid_examples),
-        "n_replay_examples": len(replay),
-        "steps": step,
-        "total_steps": total_steps,
-        "epochs": round(step / steps_per_epoch, 4),
-        "trained_tokens": progress["trained_tokens"],
-        "loss_tokens": progress["loss_tokens"],
-        "train_seconds": round(train_seconds, 3),
-        "tokens_per_second": round(throughput.tokens / max(throughput.seconds, 1e-9), 2),
-        "final_train_loss": round(sum(tail) / len(tail), 6) if tail else None,
-        "final_valid_loss": round(valid_loss, 6) if valid_loss is not None else None,
-        "best_valid_loss": round(best_valid, 6) if best_step is not None else None,
-        "best_step": best_step,
-        "weights_from_step": best_step if status == "early_stopped" and best_weights is not None else step,
-        "n_parameters": n_params,
-        "n_trainable_parameters": n_trainable,
-        "device": device,
-        "dtype": str(dtype).removeprefix("torch."),
-        "world_size": world.world_size,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "resumed_from": str(resumed_from) if resumed_from else None,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if (config.eval_data or config.max_forgetting is not None) and world.is_main:
-        from tuneforge.evaluate.compare import training_eval
+            if valid_examples and run.validation_due(shell):
+                valid_loss = validation_loss(loss_model, valid_examples, config, device, dtype, world)
+                run.log_valid(shell, {"valid_loss": round(valid_loss, 6)})
+                if valid_loss < best_valid:
+                    best_valid, evals_since_best, best_step = valid_loss, 0, shell.progress.step
+                    if config.early_stopping_patience:  # the weights to keep if training stops later
+                        best_weights = {name: t.cpu() for name, t in trainable_state(model).items()}
+                else:
+                    evals_since_best += 1
+                if config.early_stopping_patience and evals_since_best >= config.early_stopping_patience:
+                    shell.status = "early_stopped"
+            run.checkpoint_if_due(shell, step)
 
-        summary.update(training_eval(model, tokenizer, config))  # "eval" and "forgetting" (with its gate)
-    if world.is_main:
-        write_summary(output, summary)
-    metrics.close()
-    return summary
+        if shell.status == "early_stopped" and best_weights is not None:
+            restore_trainable(model, best_weights)  # keep the best validation loss, not the last step
+        save_weights(model, tokenizer, shell.output, writer=world.is_main)
+        distributed.teardown(world)  # the last collective; rank 0's evaluation in finish runs on its own
+        return run.finish(shell, {
+            "n_examples": len(train_examples),
+            "n_validation_examples": len(valid_examples),
+            "n_replay_examples": len(replay),
+            "best_valid_loss": round(best_valid, 6) if best_step is not None else None,
+            "best_step": best_step,
+            "weights_from_step": best_step if shell.status == "early_stopped" and best_weights is not None
+            else shell.progress.step,
+        })

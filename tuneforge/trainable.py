@@ -1,22 +1,18 @@
-"""Set-up shared by the recipes: model + LoRA, optimizer, metrics log, SIGTERM handling, run summary.
+"""The model a recipe trains: the base with LoRA (PEFT) or fully trainable, its compute dtype, the parts
+the fused losses read (decoder body, output head) and the optimizer over what trains.
 
-Only orchestration lives here; every loss and every number lives once in `tuneforge.losses`,
-`tuneforge.schedule` and `tuneforge.data.batching`.
+    model, tokenizer, device, dtype = build_model(config)
+    optimizer = make_optimizer(model, config)
+
+Loading itself (resolving `--model`, GGUF conversion, tokenizer) is `tuneforge.models`.
 """
 
 from __future__ import annotations
 
-import json
-import random
-import signal
-import time
 from contextlib import nullcontext
-from pathlib import Path
 
-import numpy as np
 import torch
 
-from tuneforge.checkpoint import write_json_atomic
 from tuneforge.config import TrainConfig
 from tuneforge.models import (
     bf16_is_fast,
@@ -27,12 +23,6 @@ from tuneforge.models import (
     load_tokenizer,
     resolve_model,
 )
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def compute_dtype(config: TrainConfig, device: str) -> torch.dtype:
@@ -128,68 +118,3 @@ def count_parameters(model) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
-
-
-class MetricsLog:
-    """Appends one JSON object per line to metrics.jsonl; flushed at once so watchers see progress."""
-
-    def __init__(self, path: Path, append: bool = False, enabled: bool = True):
-        self.handle = None
-        if enabled:  # under torchrun only rank 0 logs
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.handle = path.open("a" if append else "w")
-
-    def write(self, record: dict) -> None:
-        if self.handle:
-            self.handle.write(json.dumps(record) + "\n")
-            self.handle.flush()
-
-    def close(self) -> None:
-        if self.handle:
-            self.handle.close()
-
-
-class StopRequest:
-    """SIGTERM/SIGINT set a flag; the loop finishes its step, saves and exits cleanly (pre-emption)."""
-
-    def __init__(self):
-        self.requested = False
-        self.signal_name: str | None = None
-        self._previous = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not in the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-        self.signal_name = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def write_summary(output: Path, summary: dict) -> None:
-    write_json_atomic(output / "summary.json", summary)
-
-
-class Throughput:
-    def __init__(self):
-        self.started = time.perf_counter()
-        self.tokens = 0
-
-    def add(self, tokens: int) -> None:
-        self.tokens += tokens
-
-    @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self.started
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / max(self.seconds, 1e-9)

@@ -1,7 +1,7 @@
 """Batched generation with a KV cache: many prompts decoded together, left-padded.
 
     from tuneforge.models import load_model
-    from tuneforge.evaluate.generation import generate_chat
+    from tuneforge.generation import generate_chat
     model, tokenizer = load_model(adapter="runs/demo")
     generate_chat(model, tokenizer, [[{"role": "user", "content": "Hi"}]], max_new_tokens=32)
 
