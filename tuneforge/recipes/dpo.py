@@ -151,9 +151,10 @@ def train(config: TrainConfig) -> dict:
     valid_reference = reference_logprobs(model, valid_pairs, config, pad_id, device, dtype)
 
     describe = (f"{config.method}/{config.loss_type} beta={config.beta} {'full' if config.full else f'LoRA r={config.lora_r}'}"
-                f" | {len(train_pairs)} pairs" + (f" | from adapter {config.init_adapter}" if config.init_adapter else ""))
+                + (f" from adapter {config.init_adapter}" if config.init_adapter else ""))
     with run.start(config, model, tokenizer, device, dtype, n_items=len(train_pairs), items_per_step=pairs_per_step,
-                   describe=describe) as shell:
+                   describe=describe,
+                   items=f"{len(train_pairs)} pairs") as shell:
         if valid_pairs and shell.progress.step == 0:
             run.log_valid(shell, evaluate_pairs(model, valid_pairs, valid_reference, config, pad_id, device, dtype))
         for step in run.steps(shell, lambda epoch: plan_epoch(lengths, pairs_per_step, config.seed, epoch)):

@@ -136,10 +136,10 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
         return {"reward": round(held_out_reward(model, tokenizer, valid_prompts, valid_ids, score, config, eos_ids, pad_id), 6)}
 
     reward_name = config.reward or config.reward_model or "callable"
-    describe = (f"grpo {'full' if config.full else f'LoRA r={config.lora_r}'} | {len(prompts)} prompts x "
-                f"{config.group_size} samples, reward {reward_name}")
+    describe = f"grpo {'full' if config.full else f'LoRA r={config.lora_r}'}, reward {reward_name}"
     with run.start(config, model, tokenizer, device, dtype, n_items=len(prompts), items_per_step=config.batch_size,
-                   describe=describe) as shell:
+                   describe=describe,
+                   items=f"{len(prompts)} prompts x {config.group_size} samples") as shell:
         if "sampler" in shell.progress.extra:  # resumed: draw the completions the uninterrupted run would have
             generator.set_state(torch.tensor(shell.progress.extra["sampler"], dtype=torch.uint8))
         if valid_prompts and shell.progress.step == 0:

@@ -76,11 +76,11 @@ def train(config: TrainConfig) -> dict:
     lengths = [p.length for p in train_pairs]
     pairs_per_step = config.batch_size * config.gradient_accumulation
 
-    describe = (f"reward model {'full' if config.full else f'LoRA r={config.lora_r}'} + value head "
-                f"({config.reward_pooling}) | {len(train_pairs)} pairs")
+    describe = f"reward model {'full' if config.full else f'LoRA r={config.lora_r}'} + value head ({config.reward_pooling})"
     # What trains and is checkpointed is `scored`: the LoRA (or all) weights and the value head.
     with run.start(config, scored, tokenizer, device, dtype, n_items=len(train_pairs), items_per_step=pairs_per_step,
-                   describe=describe) as shell:
+                   describe=describe,
+                   items=f"{len(train_pairs)} pairs") as shell:
         if valid_pairs and shell.progress.step == 0:
             run.log_valid(shell, evaluate_pairs(scored, valid_pairs, config, pad_id, device, dtype))
         for step in run.steps(shell, lambda epoch: plan_epoch(lengths, pairs_per_step, config.seed, epoch)):

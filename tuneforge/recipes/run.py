@@ -1,7 +1,7 @@
 """The run shell every recipe calls by name: what must behave the same for SFT, DPO, reward and GRPO.
 
     train_rows, valid_rows = run.train_and_validation(config, load_rows)
-    with run.start(config, model, tokenizer, device, dtype, n_items=..., items_per_step=..., describe=...) as shell:
+    with run.start(config, model, tokenizer, device, dtype, n_items=..., items_per_step=..., describe=..., items=...) as shell:
         for step in run.steps(shell, plan_for_epoch):       # resume skip; stop, early stop and the budget end it
             ... the recipe's own micro-batches, loss call and backward scaling ...
             run.optimizer_step(shell, step)                 # clip, scheduled lr, AdamW, a stop vote of every rank
@@ -166,6 +166,7 @@ def start(
     n_items: int,
     items_per_step: int,
     describe: str,
+    items: str,
     world: distributed.World | None = None,
 ) -> Run:
     """Plan the steps, build the optimizer, resume from a checkpoint if asked, open the log, say what runs.
@@ -192,7 +193,7 @@ def start(
     n_parameters, n_trainable = count_parameters(model)
     if world.is_main:
         print(
-            f"tuneforge: {describe} on {config.model} | {total_steps} steps, "
+            f"tuneforge: {describe} on {config.model} | {items}, {total_steps} steps, "
             f"{device}/{str(dtype).removeprefix('torch.')} | trainable {n_trainable:,} of {n_parameters:,}"
             + (f" | resumed from {resumed_from.name}" if resumed_from else "")
             + (f" | {world.world_size} processes" if world.enabled else ""),

@@ -135,10 +135,11 @@ def train(config: TrainConfig) -> dict:
     micro_tokens = config.resolved_micro_batch_tokens(device)
     loss_model = distributed.wrap(TrainedTokenLoss(model), model, world, config.full)
 
-    describe = f"sft {'full' if config.full else f'LoRA r={config.lora_r}'} | {len(train_examples)} examples"
+    describe = f"sft {'full' if config.full else f'LoRA r={config.lora_r}'}"
     best_valid, evals_since_best, best_step, best_weights = math.inf, 0, None, None  # early stopping
     with run.start(config, model, tokenizer, device, dtype, n_items=len(train_examples),
-                   items_per_step=examples_per_step, describe=describe, world=world) as shell:
+                   items_per_step=examples_per_step, describe=describe,
+                   items=f"{len(train_examples)} examples", world=world) as shell:
         for step in run.steps(shell, lambda epoch: plan_epoch(lengths, examples_per_step, config.seed, epoch)):
             window = [train_examples[i] for i in step.indices]
             window_targets = count_trained_targets(window)
