@@ -15,6 +15,8 @@ import openai
 import pytest
 from conftest import Server, chat_rows, fake_env, wait_for, write_jsonl
 
+from tuneforge.data.validate import auto_epochs
+
 pytestmark = pytest.mark.service
 MAX_UPLOAD = 50_000
 BASE = "smollm2-135m-instruct"
@@ -226,6 +228,16 @@ def test_full_job_on_fake_trainer_with_sdk(sdk, http, tmp_path):
     assert job.fine_tuned_model not in [m.id for m in sdk.models.list()]
     with pytest.raises(openai.NotFoundError):
         sdk.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "hi"}])
+
+
+def test_auto_hyperparameters_are_reported_as_the_values_the_run_used(sdk, tmp_path):
+    training = sdk.files.create(file=write_jsonl(tmp_path / "t.jsonl", chat_rows(20)).open("rb"), purpose="fine-tune")
+    job = sdk.fine_tuning.jobs.create(model=BASE, training_file=training.id)
+    assert job.hyperparameters.n_epochs == "auto"
+    job = wait_for(lambda: (j := sdk.fine_tuning.jobs.retrieve(job.id)).status == "succeeded" and j)
+    # OpenAI's rule for 20 examples: 3 epochs would see only 60 examples, so 100 // 20.
+    assert job.hyperparameters.n_epochs == auto_epochs(20) == 5
+    assert job.hyperparameters.batch_size == 1 and job.hyperparameters.learning_rate_multiplier == 1.0
 
 
 def test_other_orgs_see_404_for_everything(server, sdk, tmp_path):

@@ -1,4 +1,5 @@
-"""Small pieces without a server: the adapter LRU, the inference protocol, the CLI hook, settings."""
+"""Small pieces without a server: the adapter LRU, the inference protocol, the CLI hook, settings, and what the
+worker makes of a job (its hyperparameters, trainer command, validation errors, metrics)."""
 
 import argparse
 import io
@@ -6,10 +7,15 @@ import json
 
 import pytest
 
+from tuneforge.config import TrainConfig
+from tuneforge.data.validate import auto_epochs
 from tuneforge.service.commands import add_service_commands
+from tuneforge.service.file_validation import validation_error
 from tuneforge.service.inference import ModelCache, serve
+from tuneforge.service.run_metrics import MetricsTail
 from tuneforge.service.settings import Settings
-from tuneforge.service.worker import MetricsTail, resolve_hyperparameters, validation_error
+from tuneforge.service.store import Job
+from tuneforge.service.training_command import resolve_hyperparameters, train_command
 
 pytestmark = pytest.mark.service
 
@@ -85,3 +91,28 @@ def test_auto_hyperparameters_resolve_and_errors_name_the_line():
         {"errors": [{"line": 7, "code": "empty_content", "message": "assistant turn is empty"}]}, "training_file"
     )
     assert error["param"] == "training_file" and "line 7: assistant turn is empty" in error["message"]
+
+
+@pytest.mark.parametrize(("n_examples", "epochs"), [(5, 20), (20, 5), (100, 3), (10_000, 2), (30_000, 1)])
+def test_auto_epochs_follow_openais_rule_for_the_validated_number_of_examples(n_examples, epochs):
+    resolved = resolve_hyperparameters({"n_epochs": "auto"}, n_examples)
+    assert resolved["n_epochs"] == auto_epochs(n_examples) == epochs
+
+
+def test_auto_epochs_fall_back_to_three_without_a_count_and_given_epochs_are_kept():
+    assert resolve_hyperparameters({"n_epochs": "auto"}, None)["n_epochs"] == 3
+    assert resolve_hyperparameters({"n_epochs": "auto"}, 0)["n_epochs"] == 3
+    assert resolve_hyperparameters({"n_epochs": 7}, 20)["n_epochs"] == 7
+
+
+def test_train_command_scales_the_trainers_own_learning_rate(tmp_path):
+    settings = Settings(data_dir=tmp_path, train_command=["train"], max_steps=4, save_every=2)
+    hyper = resolve_hyperparameters({"n_epochs": "auto", "learning_rate_multiplier": 2, "beta": "auto"}, 20)
+    job = Job(id="ftjob-1", model="m", training_file="file-t", method="dpo", seed=3, hyperparameters=hyper)
+    command = train_command(settings, job, tmp_path / "runs" / "ftjob-1")
+    options = dict(zip(command[1::2], command[2::2], strict=True))
+    assert command[0] == "train" and options["--data"] == str(tmp_path / "files" / "file-t")
+    assert options["--method"] == "dpo" and options["--epochs"] == "5" and options["--max-steps"] == "4"
+    assert float(options["--lr"]) == 2 * TrainConfig().resolved_learning_rate()
+    assert float(options["--beta"]) == TrainConfig().beta
+    assert (options["--save-every"], options["--resume"]) == ("2", "auto")

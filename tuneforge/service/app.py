@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from tuneforge.service.errors import envelope, install_error_handlers
+from tuneforge.service.file_storage import FileTooLarge
 from tuneforge.service.inference_client import InferenceClient
 from tuneforge.service.routes import chat, dashboard, files, jobs
 from tuneforge.service.settings import Settings
@@ -29,9 +30,7 @@ class UploadSizeLimit:
             length = dict(scope["headers"]).get(b"content-length")
             # Multipart framing adds a little; the exact file size is checked again while streaming to disk.
             if length and length.isdigit() and int(length) > self.max_bytes + 64 * 1024:
-                response = envelope(
-                    413, f"File is too large: the limit is {self.max_bytes} bytes.", "file_too_large", "file"
-                )
+                response = envelope(413, str(FileTooLarge(self.max_bytes)), "file_too_large", "file")
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -1,4 +1,5 @@
-"""Storage for the service: SQLAlchemy tables and the few queries that need care (claiming jobs, leases).
+"""Storage for the service: SQLAlchemy tables and the few queries that need care (claiming jobs, leases, the
+guarded update a worker makes to a job it holds).
 
 SQLite under the data dir for one box; PostgreSQL for many workers on many machines. A worker claims a
 job with SELECT ... FOR UPDATE SKIP LOCKED (PostgreSQL) followed by a conditional UPDATE, so on either
@@ -99,8 +100,6 @@ class Job(Base):
     report_file: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    # What the user asked for while a worker holds the job: "cancel" or "pause".
-    requested: Mapped[str | None] = mapped_column(String(16), nullable=True)
     lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -146,6 +145,8 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = create_engine(url, pool_pre_ping=True)
+    # create_all makes missing tables and never alters existing ones: a database from an older version keeps
+    # the columns this model no longer declares (jobs.requested); they are nullable and never named, so harmless.
     Base.metadata.create_all(engine)
     return engine
 
@@ -191,15 +192,34 @@ def claim_job(session: Session, worker_id: str, lease_seconds: float) -> Job | N
     return None
 
 
+def update_held_job(
+    session: Session,
+    *,
+    job_id: str,
+    worker_id: str,
+    statuses: tuple[str, ...] | None = None,
+    release_lease: bool = False,
+    **values,
+) -> bool:
+    """Set `values` on a job only while `worker_id` holds its lease (and, given `statuses`, only while the
+    job is in one of them); True when it did. `release_lease` also gives the lease up. Does not commit: the
+    caller commits the change together with the events that describe it.
+
+    The conditional UPDATE is the arbiter, as in claim_job: since this worker last read the job, the user
+    may have cancelled or paused it, or another worker may have taken it over after our lease ran out."""
+    guard = [Job.id == job_id, Job.lease_owner == worker_id]
+    if statuses is not None:
+        guard.append(Job.status.in_(statuses))
+    if release_lease:
+        values.update(lease_owner=None, lease_expires_at=None)
+    result = session.execute(update(Job).where(*guard).values(**values).execution_options(synchronize_session=False))
+    return result.rowcount == 1
+
+
 def renew_lease(session: Session, job_id: str, worker_id: str, lease_seconds: float) -> Job | None:
     """Extend our lease; None when the job is no longer ours (another worker took it over). Commits."""
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.lease_owner == worker_id)
-        .values(lease_expires_at=time.time() + lease_seconds)
-        .execution_options(synchronize_session=False)
-    )
+    held = update_held_job(session, job_id=job_id, worker_id=worker_id, lease_expires_at=time.time() + lease_seconds)
     session.commit()
-    if result.rowcount != 1:
+    if not held:
         return None
     return session.scalars(select(Job).where(Job.id == job_id).execution_options(populate_existing=True)).one()

@@ -1,34 +1,32 @@
-"""tuneforge worker: claims fine-tuning jobs from the store and runs them, one at a time.
+"""tuneforge worker [--data-dir DIR] [--database-url URL] [--once]: claims fine-tuning jobs from the store and
+runs them, one at a time (`tuneforge serve` starts embedded ones).
 
-For each job: validate the files (`tuneforge validate FILE --json`), run `tuneforge train ... --save-every N
---resume auto` as a child process in RUNS/<job id>, tail its metrics.jsonl into events and checkpoints, keep
-the job's lease alive, and stop the trainer with SIGTERM when the job is cancelled or paused. A job taken
-over from a dead worker (its lease ran out) continues from the run's last complete checkpoint; after
-`max_attempts` such takeovers it fails instead of crashing workers forever. Many workers (on many machines, with
-PostgreSQL) can share one store: each job is claimed by exactly one of them.
+For each job: validate its files (file_validation.py), run `tuneforge train ... --save-every N --resume auto`
+(training_command.py) as a child process in RUNS/<job id> (trainer_process.py), follow its metrics.jsonl
+into events and checkpoints (run_metrics.py), keep the job's lease alive, and stop the trainer with SIGTERM
+when the job is cancelled or paused; on success attach its result files (run_metrics.py). A job taken over from
+a dead worker (its lease ran out) continues from the run's last complete checkpoint; after `max_attempts`
+such takeovers it fails instead of crashing workers forever. Many workers (on many machines, with
+PostgreSQL) can share one store: each job is claimed by exactly one of them, and every change a worker makes
+to a job it holds goes through store.update_held_job, so it lands only while the worker still holds it.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 import traceback
 import uuid
 from pathlib import Path
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from tuneforge.runfiles import complete_checkpoints, trim_metrics
-from tuneforge.service.routes.files import file_path, save_file
+from tuneforge.service.file_validation import check_job_files
+from tuneforge.service.run_metrics import MetricsRecorder, MetricsTail, publish_results
 from tuneforge.service.settings import Settings
 from tuneforge.service.store import (
     Job,
@@ -38,76 +36,14 @@ from tuneforge.service.store import (
     claim_job,
     make_engine,
     make_sessionmaker,
-    new_id,
     now,
     renew_lease,
+    update_held_job,
 )
+from tuneforge.service.trainer_process import Trainer, prepare_run_dir
+from tuneforge.service.training_command import resolve_hyperparameters, train_command
 
-BASE_LEARNING_RATE = 1e-3  # the trainer's LoRA default; learning_rate_multiplier scales it
-TERM_GRACE_SECONDS = 20
-REPORT_NAMES = ("eval_report.html", "eval_report.md", "eval_report.json", "report.html", "report.md", "report.json")
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the parent dies, so no trainer outlives its worker (Linux)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def resolve_hyperparameters(hyper: dict, n_examples: int | None) -> dict:
-    """Replace "auto" with the values the run will use (reported back on the job, as OpenAI does)."""
-    resolved = dict(hyper)
-    if resolved.get("n_epochs", "auto") == "auto":
-        resolved["n_epochs"] = 3
-    if resolved.get("batch_size", "auto") == "auto":
-        resolved["batch_size"] = max(1, min(8, (n_examples or 1) // 32))
-    if resolved.get("learning_rate_multiplier", "auto") == "auto":
-        resolved["learning_rate_multiplier"] = 1.0
-    if "beta" in resolved and resolved["beta"] == "auto":
-        resolved["beta"] = 0.1
-    return resolved
-
-
-def validation_error(report: dict, param: str) -> dict:
-    errors = report.get("errors") or []
-    if not errors:
-        return {"code": "invalid_file", "message": f"The {param} could not be validated.", "param": param}
-    first = errors[0]
-    more = f" ({len(errors) - 1} more problems)" if len(errors) > 1 else ""
-    return {
-        "code": "invalid_training_file" if param == "training_file" else "invalid_validation_file",
-        "message": f"Invalid file format in {param}: line {first.get('line')}: {first.get('message')} "
-        f"[{first.get('code')}]{more}",
-        "param": param,
-    }
-
-
-class MetricsTail:
-    """Reads the complete lines appended to metrics.jsonl since the last call."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.offset = 0
-
-    def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        with open(self.path, "rb") as handle:
-            handle.seek(self.offset)
-            data = handle.read()
-        end = data.rfind(b"\n") + 1
-        self.offset += end
-        records = []
-        for line in data[:end].splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return records
+ACTIVE_STATUSES = ("validating_files", "queued", "running")
 
 
 class Worker:
@@ -182,62 +118,40 @@ class Worker:
 
     def _finish(self, session: Session, job: Job, status: str, *, error: dict | None = None, **values) -> bool:
         """Move our running job to a final state unless the user cancelled it meanwhile. Releases the lease."""
-        result = session.execute(
-            update(Job)
-            .where(
-                Job.id == job.id,
-                Job.lease_owner == self.worker_id,
-                Job.status.in_(("validating_files", "queued", "running")),
-            )
-            .values(status=status, error=error, finished_at=now(), lease_owner=None, lease_expires_at=None, **values)
-            .execution_options(synchronize_session=False)
+        finished = update_held_job(
+            session,
+            job_id=job.id,
+            worker_id=self.worker_id,
+            statuses=ACTIVE_STATUSES,
+            release_lease=True,
+            status=status,
+            error=error,
+            finished_at=now(),
+            **values,
         )
         session.commit()
-        return result.rowcount == 1
+        return finished
 
     def _release(self, session: Session, job: Job, **values) -> None:
-        session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.lease_owner == self.worker_id)
-            .values(lease_owner=None, lease_expires_at=None, **values)
-            .execution_options(synchronize_session=False)
-        )
+        update_held_job(session, job_id=job.id, worker_id=self.worker_id, release_lease=True, **values)
         session.commit()
 
     def _validate(self, session: Session, job: Job) -> bool:
         add_event(session, job.id, f"Validating training file: {job.training_file}")
         session.commit()
-        method = "dpo" if job.method == "dpo" else "sft"
-        n_examples = None
-        for param, file_id in (("training_file", job.training_file), ("validation_file", job.validation_file)):
-            if file_id is None:
-                continue
-            path = file_path(self.settings, file_id)
-            if not path.exists():
-                self._fail(
-                    session,
-                    job,
-                    {"code": "invalid_file", "param": param, "message": f"The {param} {file_id} no longer exists."},
-                )
-                return False
-            report, problem = self._run_validator(path, method, min_examples=10 if param == "training_file" else 1)
-            if problem:
-                self._fail(session, job, {"code": "validation_unavailable", "param": param, "message": problem})
-                return False
-            if not report.get("ok", False):
-                self._fail(session, job, validation_error(report, param))
-                return False
-            if param == "training_file":
-                n_examples = report.get("n_examples")
-        hyper = resolve_hyperparameters(job.hyperparameters or {}, n_examples)
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.lease_owner == self.worker_id, Job.status == "validating_files")
-            .values(status="queued", hyperparameters=hyper)
-            .execution_options(synchronize_session=False)
+        n_examples, error = check_job_files(self.settings, job)
+        if error is not None:
+            self._fail(session, job, error)
+            return False
+        queued = update_held_job(
+            session,
+            job_id=job.id,
+            worker_id=self.worker_id,
+            statuses=("validating_files",),
+            status="queued",
+            hyperparameters=resolve_hyperparameters(job.hyperparameters or {}, n_examples),
         )
-        if result.rowcount != 1:  # cancelled (or taken over) while we validated
-            session.commit()
+        if not queued:  # cancelled (or taken over) while we validated
             self._release(session, job)
             return False
         add_event(session, job.id, "Files validated, moving job to queued state")
@@ -245,76 +159,22 @@ class Worker:
         session.refresh(job)
         return True
 
-    def _run_validator(self, path: Path, method: str, min_examples: int) -> tuple[dict, str | None]:
-        command = [*self.settings.validate_command, str(path), "--json", "--no-estimate", "--method", method,
-                   "--min-examples", str(min_examples)]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return {}, f"The data validator could not run: {exc}"
-        report = _parse_json_report(done.stdout)
-        if report is None or done.returncode not in (0, 1):
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            return {}, f"The data validator failed (exit {done.returncode}): {last}"
-        return report, None
-
     def _fail(self, session: Session, job: Job, error: dict) -> None:
         if self._finish(session, job, "failed", error=error):
             add_event(session, job.id, f"Fine-tuning job failed: {error['message']}", level="error")
             session.commit()
 
-    def _train_command(self, job: Job, run_dir: Path) -> list[str]:
-        hyper = job.hyperparameters or {}
-        command = [
-            *self.settings.train_command,
-            "--data",
-            str(file_path(self.settings, job.training_file)),
-            "--output",
-            str(run_dir),
-            "--method",
-            "dpo" if job.method == "dpo" else "sft",
-            "--model",
-            job.model,
-            "--seed",
-            str(job.seed),
-        ]
-        if job.validation_file:
-            command += ["--validation-data", str(file_path(self.settings, job.validation_file))]
-        if isinstance(hyper.get("n_epochs"), int):
-            command += ["--epochs", str(hyper["n_epochs"])]
-        if isinstance(hyper.get("batch_size"), int):
-            command += ["--batch-size", str(hyper["batch_size"])]
-        if isinstance(hyper.get("learning_rate_multiplier"), int | float):
-            command += ["--lr", repr(BASE_LEARNING_RATE * float(hyper["learning_rate_multiplier"]))]
-        if job.method == "dpo" and isinstance(hyper.get("beta"), int | float):
-            command += ["--beta", repr(float(hyper["beta"]))]
-        if self.settings.max_steps:
-            command += ["--max-steps", str(self.settings.max_steps)]
-        # Checkpoints in a run folder that outlives the worker: a takeover continues where the dead one stopped.
-        command += ["--save-every", str(self.settings.save_every), "--resume", "auto"]
-        return command
-
     def _train(self, session: Session, job: Job) -> None:
         run_dir = self.settings.runs_dir / job.id
         restarted = job.status == "running" or job.attempts > 1
-        checkpoints = complete_checkpoints(run_dir)
-        resume_step = int(checkpoints[-1].name.removeprefix("step-")) if checkpoints else None
-        if resume_step is None:  # nothing to continue from: start clean
-            shutil.rmtree(run_dir, ignore_errors=True)
-        else:  # the trainer resumes from this checkpoint; the log keeps only what led up to it
-            trim_metrics(run_dir / "metrics.jsonl", resume_step)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        resume_step = prepare_run_dir(run_dir)
         # Events and checkpoint rows are rebuilt from the (trimmed) metrics.jsonl as the watcher tails it.
         session.execute(delete(JobCheckpoint).where(JobCheckpoint.job_id == job.id))
         session.execute(delete(JobEvent).where(JobEvent.job_id == job.id, JobEvent.type == "metrics"))
-        result = session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.lease_owner == self.worker_id, Job.status.in_(("queued", "running")))
-            .values(status="running")
-            .execution_options(synchronize_session=False)
+        running = update_held_job(
+            session, job_id=job.id, worker_id=self.worker_id, statuses=("queued", "running"), status="running"
         )
-        if result.rowcount != 1:
-            session.commit()
+        if not running:
             self._release(session, job)
             return
         if resume_step is not None:
@@ -324,15 +184,7 @@ class Worker:
         add_event(session, job.id, message)
         session.commit()
 
-        log_path = run_dir / "train.log"
-        with open(log_path, "wb") as log:
-            trainer = subprocess.Popen(
-                self._train_command(job, run_dir),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
-            )
+        trainer = Trainer(train_command(self.settings, job, run_dir), run_dir)
         stop_reason = self._watch(session, job, trainer, run_dir)
         if stop_reason == "lost":
             return
@@ -346,30 +198,20 @@ class Worker:
             else:
                 self._release(session, job, attempts=Job.attempts - 1)
             return
-        if trainer.returncode == 0:
+        failure = trainer.failure()
+        if failure is None:
             self._succeed(session, job, run_dir)
-        elif trainer.returncode == 2:
-            self._fail(session, job, {"code": "invalid_request", "param": None, "message": _last_line(log_path)})
         else:
-            self._fail(
-                session,
-                job,
-                {
-                    "code": "training_failed",
-                    "param": None,
-                    "message": f"Training crashed (exit {trainer.returncode}): {_last_line(log_path)}",
-                },
-            )
+            self._fail(session, job, failure)
 
-    def _watch(self, session: Session, job: Job, trainer: subprocess.Popen, run_dir: Path) -> str:
+    def _watch(self, session: Session, job: Job, trainer: Trainer, run_dir: Path) -> str:
         """Until the trainer exits: tail metrics, renew the lease, obey cancel/pause. Returns why it ended."""
         tail = MetricsTail(run_dir / "metrics.jsonl")
-        state = {"train_loss": None, "valid_loss": None, "trained_tokens": None}
+        recorder = MetricsRecorder(job_id=job.id, worker_id=self.worker_id, total_steps=self.settings.max_steps)
         reason = "exited"
-        term_sent_at = None
         while True:
-            exited = trainer.poll() is not None
-            self._record_metrics(session, job, tail.read(), state)
+            exited = trainer.exited()
+            recorder.record(session, tail.read())
             if exited:
                 break
             current = renew_lease(session, job.id, self.worker_id, self.settings.lease_seconds)
@@ -379,143 +221,16 @@ class Worker:
                 reason = current.status
             elif self.stopping or not self._parent_alive():
                 reason = "shutdown"
-            if reason != "exited" and term_sent_at is None:
-                trainer.send_signal(signal.SIGTERM)  # the trainer finishes its step, saves and exits
-                term_sent_at = time.monotonic()
-            if term_sent_at is not None and time.monotonic() - term_sent_at > TERM_GRACE_SECONDS:
-                trainer.kill()
+            if reason != "exited":
+                trainer.stop()
             time.sleep(0.5)
         return reason
 
-    def _record_metrics(self, session: Session, job: Job, records: list[dict], state: dict) -> None:
-        if not records:
-            return
-        total = self.settings.max_steps
-        for record in records:
-            kind = record.get("type")
-            step = record.get("step")
-            if kind == "train":
-                state["train_loss"] = record.get("loss")
-                state["trained_tokens"] = record.get("trained_tokens", state["trained_tokens"])
-                data = {
-                    "step": step,
-                    "train_loss": record.get("loss"),
-                    "epoch": record.get("epoch"),
-                    "learning_rate": record.get("lr"),
-                    "tokens_per_second": record.get("tokens_per_second"),
-                    "trained_tokens": record.get("trained_tokens"),
-                    "total_steps": total,
-                }
-                steps = f"{step}/{total}" if total else f"{step}"
-                add_event(
-                    session,
-                    job.id,
-                    f"Step {steps}: training loss={_fmt(record.get('loss'))}",
-                    type="metrics",
-                    data=data,
-                )
-            elif kind == "valid":
-                state["valid_loss"] = record.get("valid_loss")
-                add_event(
-                    session,
-                    job.id,
-                    f"Step {step}: validation loss={_fmt(record.get('valid_loss'))}",
-                    type="metrics",
-                    data={"step": step, "valid_loss": record.get("valid_loss")},
-                )
-            elif kind == "checkpoint":
-                metrics = {"step": step, "train_loss": state["train_loss"], "valid_loss": state["valid_loss"]}
-                session.add(
-                    JobCheckpoint(
-                        id=new_id("ftckpt"),
-                        job_id=job.id,
-                        step_number=int(step or 0),
-                        path=str(record.get("path", "")),
-                        metrics=metrics,
-                        created_at=now(),
-                    )
-                )
-                add_event(session, job.id, f"Checkpoint created at step {step}")
-        if state["trained_tokens"] is not None:
-            session.execute(
-                update(Job)
-                .where(Job.id == job.id)
-                .values(trained_tokens=state["trained_tokens"])
-                .execution_options(synchronize_session=False)
-            )
-        session.commit()
-
     def _succeed(self, session: Session, job: Job, run_dir: Path) -> None:
-        summary = {}
-        if (run_dir / "summary.json").exists():
-            summary = json.loads((run_dir / "summary.json").read_text())
-        results = self._results_csv(session, job)
-        result_files = [results.id]
-        report_id = None
-        for name in REPORT_NAMES:
-            if (run_dir / name).exists():
-                with open(run_dir / name, "rb") as handle:
-                    report_id = save_file(session, self.settings, job.org_id, handle, name, "fine-tune-results").id
-                break
-        values = {"fine_tuned_model": job.ft_name, "result_files": result_files, "report_file": report_id}
-        if summary.get("trained_tokens") is not None:
-            values["trained_tokens"] = int(summary["trained_tokens"])
-        if self._finish(session, job, "succeeded", **values):
+        if self._finish(session, job, "succeeded", **publish_results(session, self.settings, job, run_dir)):
             add_event(session, job.id, f"New fine-tuned model created: {job.ft_name}")
             add_event(session, job.id, "The job has successfully completed")
             session.commit()
-
-    def _results_csv(self, session: Session, job: Job):
-        """OpenAI-style step metrics as a CSV file attached to the job (purpose fine-tune-results)."""
-        rows: dict[int, dict] = {}
-        events = session.scalars(
-            select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.type == "metrics").order_by(JobEvent.seq)
-        ).all()
-        for event in events:
-            data = event.data or {}
-            row = rows.setdefault(int(data.get("step") or 0), {"step": int(data.get("step") or 0)})
-            for key in ("train_loss", "valid_loss", "learning_rate", "tokens_per_second", "trained_tokens"):
-                if data.get(key) is not None:
-                    row[key] = data[key]
-        columns = ["step", "train_loss", "valid_loss", "learning_rate", "tokens_per_second", "trained_tokens"]
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=columns)
-        writer.writeheader()
-        for step in sorted(rows):
-            writer.writerow(rows[step])
-        return save_file(
-            session,
-            self.settings,
-            job.org_id,
-            io.BytesIO(text.getvalue().encode()),
-            "step_metrics.csv",
-            "fine-tune-results",
-        )
-
-
-def _parse_json_report(stdout: str) -> dict | None:
-    """The validator prints one JSON object; accept it pretty-printed or after other lines."""
-    text = stdout.strip()
-    for candidate in (text, text.splitlines()[-1] if text else "", text[text.find("{") :] if "{" in text else ""):
-        try:
-            report = json.loads(candidate)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(report, dict):
-            return report
-    return None
-
-
-def _fmt(value) -> str:
-    return f"{value:.4f}" if isinstance(value, int | float) else str(value)
-
-
-def _last_line(path: Path) -> str:
-    try:
-        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return "no output"
-    return lines[-1][:500] if lines else "no output"
 
 
 def run_worker(settings: Settings, once: bool = False) -> int:

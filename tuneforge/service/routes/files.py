@@ -1,13 +1,11 @@
 """/v1/files: upload (.jsonl, purpose fine-tune), list, retrieve, delete, content.
 
-Files are stored under DATA_DIR/files by generated id, never by the uploaded name.
+The bytes are kept by tuneforge/service/file_storage.py (under DATA_DIR/files by generated id).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, Query, UploadFile
@@ -16,64 +14,18 @@ from sqlalchemy import select
 
 from tuneforge.service.deps import OrgDep, SessionDep, SettingsDep, page
 from tuneforge.service.errors import APIError, not_found
+from tuneforge.service.file_storage import FileTooLarge, file_path, find_file, remove_file_content, save_file
 from tuneforge.service.schemas import file_public
-from tuneforge.service.settings import Settings
-from tuneforge.service.store import StoredFile, new_id, now
+from tuneforge.service.store import StoredFile, now
 
 router = APIRouter(prefix="/v1/files")
-CHUNK = 1024 * 1024
 RETRY_WINDOW_SECONDS = 600
 
 
-def file_path(settings: Settings, file_id: str) -> Path:
-    return settings.files_dir / file_id
-
-
 def get_file(session, org_id: str, file_id: str) -> StoredFile:
-    stored = session.scalar(
-        select(StoredFile).where(StoredFile.id == file_id, StoredFile.org_id == org_id, StoredFile.deleted.is_(False))
-    )
+    stored = find_file(session, org_id=org_id, file_id=file_id)
     if stored is None:
         raise not_found("file", file_id)
-    return stored
-
-
-def save_file(session, settings: Settings, org_id: str, source, filename: str, purpose: str) -> StoredFile:
-    """Copy a file-like object to disk in chunks under a new id (atomic rename), then record it."""
-    file_id = new_id("file")
-    final = file_path(settings, file_id)
-    partial = final.with_suffix(".part")
-    digest = hashlib.sha256()
-    size = 0
-    try:
-        with open(partial, "wb") as out:
-            while chunk := source.read(CHUNK):
-                size += len(chunk)
-                if size > settings.max_upload_bytes:
-                    raise APIError(
-                        413,
-                        f"File is too large: the limit is {settings.max_upload_bytes} bytes.",
-                        code="file_too_large",
-                        param="file",
-                    )
-                digest.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial, final)
-    finally:
-        partial.unlink(missing_ok=True)
-    stored = StoredFile(
-        id=file_id,
-        org_id=org_id,
-        filename=filename,
-        purpose=purpose,
-        bytes=size,
-        sha256=digest.hexdigest(),
-        created_at=now(),
-    )
-    session.add(stored)
-    session.commit()
     return stored
 
 
@@ -101,7 +53,10 @@ def upload_file(
             code="invalid_file_format",
             param="file",
         )
-    stored = save_file(session, settings, org.id, file.file, filename[:512], purpose)
+    try:
+        stored = save_file(session, settings, org_id=org.id, source=file.file, filename=filename[:512], purpose=purpose)
+    except FileTooLarge as exc:
+        raise APIError(413, str(exc), code="file_too_large", param="file") from exc
     if retry_count > 0:
         # The SDK retrying an upload whose answer it missed: keep the copy the first attempt stored.
         earlier = session.scalar(
@@ -120,7 +75,7 @@ def upload_file(
         if earlier is not None:
             session.delete(stored)
             session.commit()
-            file_path(settings, stored.id).unlink(missing_ok=True)
+            remove_file_content(settings, stored.id)
             return file_public(earlier)
     return file_public(stored)
 
@@ -155,7 +110,7 @@ def delete_file(file_id: str, org: OrgDep, session: SessionDep, settings: Settin
     stored = get_file(session, org.id, file_id)
     stored.deleted = True
     session.commit()
-    file_path(settings, file_id).unlink(missing_ok=True)
+    remove_file_content(settings, file_id)
     return {"id": file_id, "object": "file", "deleted": True}
 
 

@@ -13,14 +13,15 @@ import json
 import random
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from tuneforge.service.deps import OrgDep, SessionDep, SettingsDep, page
 from tuneforge.service.errors import APIError, not_found
+from tuneforge.service.file_storage import find_file
 from tuneforge.service.schemas import JobCreate, checkpoint_public, event_public, fine_tuned_name, job_public
-from tuneforge.service.store import TERMINAL_STATUSES, Job, JobCheckpoint, JobEvent, StoredFile, add_event, new_id, now
+from tuneforge.service.store import TERMINAL_STATUSES, Job, JobCheckpoint, JobEvent, add_event, new_id, now
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs")
 RETRY_WINDOW_SECONDS = 600
@@ -36,9 +37,7 @@ def get_job(session, org_id: str, job_id: str) -> Job:
 def _check_file(session, org_id: str, file_id: str | None, param: str) -> None:
     if file_id is None:
         return
-    stored = session.scalar(
-        select(StoredFile).where(StoredFile.id == file_id, StoredFile.org_id == org_id, StoredFile.deleted.is_(False))
-    )
+    stored = find_file(session, org_id=org_id, file_id=file_id)
     if stored is None:
         raise APIError(400, f"invalid {param}: no such file {file_id!r}", code="invalid_file", param=param)
     if stored.purpose != "fine-tune":
@@ -76,7 +75,6 @@ def _existing_for_retry(session, org_id: str, key: str | None, request_hash: str
 @router.post("")
 def create_job(
     body: JobCreate,
-    request: Request,
     org: OrgDep,
     session: SessionDep,
     settings: SettingsDep,

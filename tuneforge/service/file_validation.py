@@ -1,0 +1,85 @@
+"""`tuneforge validate FILE --json --no-estimate --method M --min-examples N`, run by the worker on a job's files.
+
+The validator runs as a child process, like the trainer (it may load the model's tokenizer, and the worker
+never imports transformers). Its JSON report gives either the number of training examples, which sizes the
+"auto" hyperparameters, or the job's error in OpenAI's shape, naming the first bad line.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from tuneforge.data.validate import MIN_EXAMPLES
+from tuneforge.service.file_storage import file_path
+from tuneforge.service.settings import Settings
+from tuneforge.service.store import Job
+from tuneforge.service.training_command import trainer_method
+
+VALIDATE_TIMEOUT_SECONDS = 600
+
+
+def check_job_files(settings: Settings, job: Job) -> tuple[int | None, dict | None]:
+    """(the number of training examples, None) when the job's files are fit to train on, else (None, the job's
+    error) for the first file that is not."""
+    n_examples = None
+    for param, file_id in (("training_file", job.training_file), ("validation_file", job.validation_file)):
+        if file_id is None:
+            continue
+        path = file_path(settings, file_id)
+        if not path.exists():
+            return None, {"code": "invalid_file", "param": param, "message": f"The {param} {file_id} no longer exists."}
+        report, problem = run_validator(settings.validate_command, path, method=trainer_method(job.method), param=param)
+        if problem:
+            return None, {"code": "validation_unavailable", "param": param, "message": problem}
+        if not report.get("ok", False):
+            return None, validation_error(report, param)
+        if param == "training_file":
+            n_examples = report.get("n_examples")
+    return n_examples, None
+
+
+def run_validator(validate_command: list[str], path: Path, *, method: str, param: str) -> tuple[dict, str | None]:
+    """(report, None), or ({}, why the validator could not give one). The training file needs the trainer's
+    minimum number of examples; a validation file needs one."""
+    min_examples = MIN_EXAMPLES if param == "training_file" else 1
+    command = [*validate_command, str(path), "--json", "--no-estimate", "--method", method]
+    command += ["--min-examples", str(min_examples)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=VALIDATE_TIMEOUT_SECONDS)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {}, f"The data validator could not run: {exc}"
+    report = _parse_json_report(done.stdout)
+    if report is None or done.returncode not in (0, 1):
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {}, f"The data validator failed (exit {done.returncode}): {last}"
+    return report, None
+
+
+def validation_error(report: dict, param: str) -> dict:
+    """The job's error for a file the validator refused: the first problem, and how many more there are."""
+    errors = report.get("errors") or []
+    if not errors:
+        return {"code": "invalid_file", "message": f"The {param} could not be validated.", "param": param}
+    first = errors[0]
+    more = f" ({len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return {
+        "code": "invalid_training_file" if param == "training_file" else "invalid_validation_file",
+        "message": f"Invalid file format in {param}: line {first.get('line')}: {first.get('message')} "
+        f"[{first.get('code')}]{more}",
+        "param": param,
+    }
+
+
+def _parse_json_report(stdout: str) -> dict | None:
+    """The validator prints one JSON object; accept it pretty-printed or after other lines."""
+    text = stdout.strip()
+    for candidate in (text, text.splitlines()[-1] if text else "", text[text.find("{") :] if "{" in text else ""):
+        try:
+            report = json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(report, dict):
+            return report
+    return None
