@@ -1,31 +1,9 @@
-"""The `tuneforge export` verb:  tuneforge export --adapter runs/demo --format gguf --dtype q8_0 --output exported/demo
+"""The formats `tuneforge export` writes and each one's default tensor type.
 
-Formats: `hf` (merged safetensors folder), `gguf` (OUTPUT/model.gguf, or OUTPUT itself when it ends in
-.gguf) and `ollama` (OUTPUT/model.gguf + OUTPUT/Modelfile). Prints one JSON line naming the files written.
+    tuneforge export --adapter runs/demo --format ollama --output exported/demo
+
+The verb itself is tuneforge/commands/export.py; `export()` in tuneforge/export/__init__.py reads these.
 """
-
-from __future__ import annotations
-
-import json
 
 FORMATS = ("hf", "gguf", "ollama")
 DEFAULT_DTYPE = {"hf": "f32", "gguf": "f16", "ollama": "q8_0"}
-
-
-def add_commands(subparsers) -> None:
-    p = subparsers.add_parser("export", help="merge an adapter and write an HF folder, a GGUF file or an Ollama model")
-    p.add_argument("--adapter", help="LoRA adapter dir or full fine-tuned model dir (omit to export --model as is)")
-    p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--dtype", choices=("f16", "bf16", "q8_0", "f32"),
-                   help="tensor type (default f32 for hf, f16 for gguf, q8_0 for ollama; q8_0 is GGUF-only)")
-    p.add_argument("--output", required=True, help="output folder (or a .gguf path for --format gguf)")
-    p.add_argument("--model", help="base model (default: the one the adapter was trained on)")
-    p.set_defaults(func=run_export)
-
-
-def run_export(args) -> int:
-    from tuneforge.export import export
-
-    files = export(args.adapter, args.format, args.output, dtype=args.dtype, model=args.model)
-    print(json.dumps({"format": args.format, "files": [str(f) for f in files]}))
-    return 0

@@ -1,16 +1,57 @@
-"""The `tuneforge compare` verb:  tuneforge compare --data test.jsonl --adapter runs/demo --shots 4 --shots-from train.jsonl
+"""The evaluation verbs:  tuneforge eval --data test.jsonl --adapter runs/demo [--json]
 
-Prints a one-line verdict; writes report.json, report.html and plots to --output (default ADAPTER/report).
-Exit code 1 when --max-forgetting is given and the fine-tuned model drifts past it.
+    tuneforge eval --data test.jsonl --adapter runs/demo --json          # exact match (and JSON validity)
+    tuneforge compare --data test.jsonl --adapter runs/demo --shots 4 --shots-from train.jsonl
+
+compare prints a one-line verdict and writes report.json, report.html and plots to --output (default
+ADAPTER/report); its exit code is 1 when --max-forgetting is given and the fine-tuned model drifts past it.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 
-def add_commands(subparsers) -> None:
+def add_eval_command(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="exact match (and JSON validity) of greedy answers on a test JSONL")
+    p.add_argument("--data", required=True)
+    p.add_argument("--model")
+    p.add_argument("--adapter")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--predictions", help="write each prompt, reference and prediction to this JSONL")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args) -> int:
+    from tuneforge.evaluate.run import evaluate, load_eval_set, write_predictions
+    from tuneforge.models import load_model
+
+    load_eval_set(args.data)  # fail on bad data before spending time on the model
+    model, tokenizer = load_model(args.model, args.adapter)
+    result = evaluate(model, tokenizer, args.data, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    if args.predictions:
+        write_predictions(args.predictions, result)
+    examples = result.pop("examples")
+    result.update(model=args.model or "default", adapter=args.adapter)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for example in examples[:3]:
+            print(
+                f"- prompt: {example['prompt'][:80]!r}\n  expected: {example['reference'][:80]!r}\n  got:      {example['prediction'][:80]!r}"
+            )
+        line = f"exact_match {result['exact_match']:.1%} on {result['n']} examples"
+        if "json_valid" in result:
+            line += f", json_valid {result['json_valid']:.1%}"
+        print(line + f" ({result['seconds']:.1f}s)")
+    return 0
+
+
+def add_compare_command(subparsers) -> None:
     p = subparsers.add_parser("compare", help="base zero-shot vs few-shot vs fine-tuned, plus forgetting; HTML report")
     p.add_argument("--data", required=True, help="test JSONL (the last assistant turn is the reference)")
     p.add_argument("--adapter", required=True, help="LoRA adapter dir or full fine-tuned model dir")

@@ -1,4 +1,4 @@
-"""Data verbs:  tuneforge validate | preview | split | dedup   (see each command's --help)
+"""The data verbs:  tuneforge validate | preview | split | dedup   (see each command's --help)
 
     tuneforge validate train.jsonl --model smollm2-135m-instruct        # exit 0 ok, 1 findings, 2 usage
     tuneforge preview train.jsonl --n 3 --html preview.html
@@ -14,7 +14,7 @@ import sys
 from tuneforge.errors import UserError
 
 
-def add_commands(subparsers) -> None:
+def add_validate_command(subparsers) -> None:
     p = subparsers.add_parser("validate", help="check a training file (format, template, mask, lengths) and estimate the run")
     p.add_argument("file")
     p.add_argument("--model", help="render with this model's tokenizer (default smollm2-135m-instruct)")
@@ -29,6 +29,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     p.set_defaults(func=run_validate)
 
+
+def add_preview_command(subparsers) -> None:
     p = subparsers.add_parser("preview", help="show examples as the model sees them, trained tokens highlighted")
     p.add_argument("file")
     p.add_argument("--n", type=int, default=3, help="how many examples (default 3)")
@@ -39,6 +41,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     p.set_defaults(func=run_preview)
 
+
+def add_split_command(subparsers) -> None:
     p = subparsers.add_parser("split", help="split a JSONL file into train and validation files, deterministic by seed")
     p.add_argument("file")
     p.add_argument("--validation-fraction", type=float, default=0.1)
@@ -47,6 +51,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--validation-out", required=True)
     p.set_defaults(func=run_split)
 
+
+def add_dedup_command(subparsers) -> None:
     p = subparsers.add_parser("dedup", help="drop repeated examples (exact, or with --near same words)")
     p.add_argument("file")
     p.add_argument("--output", required=True)
@@ -75,7 +81,8 @@ def _load_tokenizer(model: str | None):
 
 
 def run_validate(args) -> int:
-    from tuneforge.data.validate import estimate_training, validate_file
+    from tuneforge.data.validate import validate_file
+    from tuneforge.estimate import estimate_training
 
     if args.max_length < 8:
         raise UserError("--max-length must be >= 8")

@@ -1,0 +1,77 @@
+"""The vocabulary of `tuneforge validate`: every finding code with its severity, meaning and fix.
+
+    tuneforge validate train.jsonl --json      # each finding: {"line", "code", "message"}
+
+`CODES` is the one table of codes: row_checks.py and validate.py report them, docs/data.md renders the
+table (a test checks the two agree), and `Finding.severity` reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIN_EXAMPLES = 10
+SHORT_ANSWER_CHARS = 3
+
+# code -> (severity, meaning, how to fix). docs/data.md renders this table; tests check they agree.
+CODES: dict[str, tuple[str, str, str]] = {
+    "invalid_json": ("error", "the line is not valid JSON (or not UTF-8)", "write exactly one JSON object per line"),
+    "not_object": ("error", "the line is JSON but not an object", "wrap the example in {...}"),
+    "unknown_format": ("error", "the object has none of the known shapes", "use {\"messages\": [...]} or prompt/completion"),
+    "wrong_method": ("error", "a preference row in an SFT file", "train it with --method dpo, or convert it to messages"),
+    "missing_messages": ("error", "'messages' is missing, not a list, or empty", "give a non-empty list of messages"),
+    "bad_message": ("error", "a message is not an object", "each message is {\"role\": ..., \"content\": ...}"),
+    "bad_role": ("error", "a role other than system, user, assistant, tool", "fix the role name"),
+    "bad_role_order": ("error", "system not first, or a tool message without a preceding assistant tool call",
+                       "put the system message first; tool messages follow an assistant message with tool_calls"),
+    "bad_content": ("error", "content is not a string or a list of text parts",
+                    "use a string, or [{\"type\": \"text\", \"text\": ...}]"),
+    "bad_weight": ("error", "an assistant 'weight' other than 0 or 1", "use 0 (not trained) or 1 (trained)"),
+    "no_trained_turn": ("error", "no assistant message with weight 1", "add an assistant answer, or set its weight to 1"),
+    "bad_tools": ("error", "'tools' is not a list of function definitions",
+                  "use [{\"type\": \"function\", \"function\": {\"name\": ..., \"parameters\": {...}}}]"),
+    "bad_tool_calls": ("error", "an assistant 'tool_calls' entry is malformed",
+                       "use [{\"id\": ..., \"type\": \"function\", \"function\": {\"name\": ..., \"arguments\": \"{...}\"}}]"),
+    "bad_dpo_row": ("error", "not an OpenAI DPO row nor prompt/chosen/rejected",
+                    "use {\"input\": {\"messages\": [...]}, \"preferred_output\": [one assistant message], "
+                    "\"non_preferred_output\": [one assistant message]}"),
+    "template_error": ("error", "the model's chat template refuses the conversation", "reorder the messages as the model expects"),
+    "template_not_prefix_stable": ("error", "the chat template re-renders earlier turns", "use single-turn examples or another model"),
+    "no_trained_tokens": ("error", "nothing is trained after rendering and truncation",
+                          "shorten the prompt or raise --max-length"),
+    "end_of_turn_not_trained": ("error", "the end-of-turn token of a trained answer is not trained: the model would "
+                                "never learn to stop", "use a model whose chat template closes assistant turns"),
+    "too_few_examples": ("error", f"fewer than {MIN_EXAMPLES} examples", f"give at least {MIN_EXAMPLES} examples"),
+    "too_long": ("warning", "the example is longer than --max-length; its end will be cut",
+                 "shorten it, split it, or raise --max-length"),
+    "duplicate": ("warning", "the same example appears earlier", "tuneforge dedup FILE --output OUT"),
+    "near_duplicate": ("warning", "the same words as an earlier example (case, punctuation, spacing aside)",
+                       "tuneforge dedup FILE --output OUT --near"),
+    "train_validation_overlap": ("warning", "a validation example also appears in the training file",
+                                 "tuneforge split, or remove it from one file"),
+    "empty_answer": ("warning", "a trained assistant answer is empty", "write the answer, or set weight 0"),
+    "short_answer": ("warning", f"a trained assistant answer has fewer than {SHORT_ANSWER_CHARS} characters",
+                     "check the answer is complete"),
+    "consecutive_same_role": ("warning", "two user (or two assistant) messages in a row", "merge them, unless intended"),
+    "imbalanced_labels": ("warning", "answers repeat and one answer dominates", "balance the classes or check the data"),
+    "tokenizer_unavailable": ("warning", "the default model's tokenizer could not be loaded: token checks skipped",
+                              "pass --model"),
+}
+
+
+@dataclass
+class Finding:
+    line: int  # 1-based; 0 means the file as a whole
+    code: str
+    message: str
+    file: str | None = None  # "validation" for findings in --validation-file
+
+    @property
+    def severity(self) -> str:
+        return CODES[self.code][0]
+
+    def to_dict(self) -> dict:
+        out = {"line": self.line, "code": self.code, "message": self.message}
+        if self.file:
+            out["file"] = self.file
+        return out

@@ -1,0 +1,183 @@
+"""Everything that can be wrong with one row, before and after the model's chat template renders it.
+
+    tuneforge validate train.jsonl --model smollm2-135m-instruct
+
+`check_row` is the structure of a parsed row (no tokenizer): it returns every problem as (code,
+message) pairs, warnings included, so validate can list them all. `check_tokens` renders one
+conversation with the model's own chat template and mask (`tokenize.tokenize_conversation`), exactly as
+training will see it. The codes are `findings.CODES`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuneforge.data.findings import SHORT_ANSWER_CHARS
+from tuneforge.data.formats import ROLES, content_text, detect_format, split_pair_row
+from tuneforge.data.tokenize import IGNORE_INDEX, tokenize_conversation
+from tuneforge.errors import UserError
+
+# ---- row structure (no tokenizer) ----------------------------------------------------------------
+
+
+def _check_tools(tools: Any) -> list[tuple[str, str]]:
+    ok = isinstance(tools, list) and all(
+        isinstance(t, dict) and t.get("type", "function") == "function" and isinstance(t.get("function"), dict)
+        and isinstance(t["function"].get("name"), str) and isinstance(t["function"].get("parameters", {}), dict)
+        for t in tools
+    )
+    return [] if ok else [("bad_tools", "'tools' must be a list of {\"type\": \"function\", \"function\": {\"name\": ...}}")]
+
+
+def _check_tool_calls(calls: Any, index: int) -> list[tuple[str, str]]:
+    ok = isinstance(calls, list) and all(
+        isinstance(c, dict) and isinstance(c.get("function"), dict) and isinstance(c["function"].get("name"), str)
+        and isinstance(c["function"].get("arguments", ""), str)
+        for c in calls
+    )
+    return [] if ok else [("bad_tool_calls", f"messages[{index}].tool_calls must be a list of "
+                           "{\"function\": {\"name\": str, \"arguments\": str}}")]
+
+
+def check_messages(messages: Any, label: str = "messages", need_trained_turn: bool = True) -> list[tuple[str, str]]:
+    """Every structural problem of a message list, as (code, message) pairs (warnings included)."""
+    if not isinstance(messages, list) or not messages:
+        return [("missing_messages", f"'{label}' must be a non-empty list of messages")]
+    problems: list[tuple[str, str]] = []
+    previous_role, previous_called, trained = None, False, False
+    for index, message in enumerate(messages):
+        where = f"{label}[{index}]"
+        if not isinstance(message, dict):
+            problems.append(("bad_message", f"{where} is not an object"))
+            previous_role, previous_called = None, False
+            continue
+        role = message.get("role")
+        if role not in ROLES:
+            problems.append(("bad_role", f"{where} has role {short_repr(role)}; expected one of {', '.join(ROLES)}"))
+            previous_role, previous_called = None, False
+            continue
+        if role == "system" and index != 0:
+            problems.append(("bad_role_order", f"{where} is a system message; only the first message may be one"))
+        if role == "tool" and not (previous_called or previous_role == "tool"):
+            problems.append(("bad_role_order", f"{where} is a tool result without an assistant tool call before it"))
+        if role in ("user", "assistant") and role == previous_role:
+            problems.append(("consecutive_same_role", f"{where} is a second {role} message in a row"))
+        content = message.get("content")
+        text = content_text(content)
+        calls = message.get("tool_calls") if role == "assistant" else None
+        if text is None and not (calls and content is None):
+            problems.append(("bad_content", f"{where}.content must be a string or a list of text parts, got {short_repr(content)}"))
+        elif text is not None and not _encodable(text):
+            problems.append(("bad_content", f"{where}.content holds invalid Unicode (a lone surrogate escape)"))
+        if calls is not None:
+            problems.extend(_check_tool_calls(calls, index))
+        if role == "assistant":
+            weight = message.get("weight", 1)
+            if isinstance(weight, bool) or weight not in (0, 1):
+                problems.append(("bad_weight", f"{where}.weight must be 0 or 1, got {short_repr(weight)}"))
+            elif weight == 1:
+                trained = True
+                if text is not None and not calls:
+                    if not text.strip():
+                        problems.append(("empty_answer", f"{where} is a trained answer with no text"))
+                    elif len(text.strip()) < SHORT_ANSWER_CHARS:
+                        problems.append(("short_answer", f"{where} is a trained answer of {len(text.strip())} characters"))
+        previous_role, previous_called = role, bool(calls)
+    if need_trained_turn and not trained and not any(code == "bad_weight" for code, _ in problems):
+        problems.append(("no_trained_turn", f"no assistant message with weight 1 in '{label}': nothing to train on"))
+    return problems
+
+
+def _check_answer(value: Any, key: str) -> list[tuple[str, str]]:
+    if not (isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict)):
+        return [("bad_dpo_row", f"'{key}' must be a list of exactly one assistant message")]
+    if value[0].get("role") != "assistant" or content_text(value[0].get("content")) is None:
+        return [("bad_dpo_row", f"'{key}' must hold one assistant message with text content")]
+    return []
+
+
+def check_row(row: Any, method: str = "sft") -> list[tuple[str, str]]:
+    """Every structural problem of one parsed row for `method` ("sft" or "dpo")."""
+    if not isinstance(row, dict):
+        return [("not_object", f"expected a JSON object, got {type(row).__name__}")]
+    kind = detect_format(row)
+    if method == "dpo":
+        if kind == "dpo":
+            source = row.get("input")
+            if not isinstance(source, dict) or "messages" not in source:
+                return [("bad_dpo_row", "'input' must be an object with 'messages'")]
+            problems = check_messages(source["messages"], "input.messages", need_trained_turn=False)
+            if source.get("tools") is not None:
+                problems += _check_tools(source["tools"])
+            return problems + _check_answer(row.get("preferred_output"), "preferred_output") + _check_answer(
+                row.get("non_preferred_output"), "non_preferred_output")
+        if kind == "pairs":
+            try:
+                prompt, chosen, rejected = split_pair_row(row)
+            except ValueError as exc:
+                return [("bad_dpo_row", str(exc))]
+            problems = [] if isinstance(prompt, str) else check_messages(prompt, "prompt", need_trained_turn=False)
+            if row.get("tools") is not None:
+                problems += _check_tools(row["tools"])
+            if not _encodable(chosen + rejected + (prompt if isinstance(prompt, str) else "")):
+                problems.append(("bad_content", "'prompt', 'chosen' or 'rejected' holds invalid Unicode"))
+            return problems
+        return [("bad_dpo_row", "not a preference row: expected OpenAI DPO ('input', 'preferred_output', "
+                 "'non_preferred_output') or 'prompt'/'chosen'/'rejected'")]
+    if kind == "chat":
+        problems = check_messages(row["messages"])
+        if row.get("tools") is not None:
+            problems += _check_tools(row["tools"])
+        return problems
+    if kind == "completion":
+        if not isinstance(row["prompt"], str) or not isinstance(row["completion"], str):
+            return [("bad_content", "'prompt' and 'completion' must be strings")]
+        if not _encodable(row["prompt"] + row["completion"]):
+            return [("bad_content", "'prompt' or 'completion' holds invalid Unicode (a lone surrogate escape)")]
+        return [] if row["completion"].strip() else [("empty_answer", "'completion' is empty")]
+    if kind in ("dpo", "pairs"):
+        return [("wrong_method", "this is a preference (DPO) row; validate and train it with --method dpo")]
+    return [("unknown_format", "unknown format: expected an object with 'messages' (chat) or 'prompt' and 'completion'")]
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def short_repr(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---- rendering with the model's tokenizer ----------------------------------------------------------
+
+
+def check_tokens(tokenizer, eot_ids: set[int], messages: list[dict], tools, max_length: int):
+    """(untruncated example, problems, trained tokens kept after truncation) for one conversation."""
+    try:
+        example = tokenize_conversation(tokenizer, messages, tools, max_length=None)
+    except UserError as exc:
+        return None, [(exc.code or "template_error", exc.bare_message)], 0
+    except Exception as exc:  # a template's raise_exception, or a jinja error on odd input
+        return None, [("template_error", f"the chat template failed: {type(exc).__name__}: {str(exc)[:200]}")], 0
+    problems = []
+    kept = sum(1 for label in example.labels[:max_length] if label != IGNORE_INDEX)
+    n_turns = sum(1 for m in messages if m["role"] == "assistant" and m.get("weight", 1) == 1)
+    if example.n_trained == 0:
+        problems.append(("no_trained_tokens", "no trained tokens after rendering with the chat template"))
+    elif kept == 0:
+        problems.append(("no_trained_tokens", f"all trained tokens lie beyond --max-length {max_length} "
+                         f"({len(example.input_ids)} tokens)"))
+    elif eot_ids and sum(1 for label in example.labels if label in eot_ids) < n_turns:
+        problems.append(("end_of_turn_not_trained", "the end-of-turn token after a trained answer is not trained, "
+                         "so the model would never learn to stop (check the chat template)"))
+    if len(example.input_ids) > max_length:
+        cut = len(example.input_ids) - max_length
+        problems.append(("too_long", f"{len(example.input_ids)} tokens > --max-length {max_length}: {cut} tokens "
+                         f"would be cut ({example.n_trained - kept} of them trained)"))
+    return example, problems, kept
+
