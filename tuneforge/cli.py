@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tuneforge.commands import data, evaluate, export, generate, train
+from tuneforge.commands import config, data, evaluate, export, generate, train
 from tuneforge.errors import UserError
 
 # tests/unit/test_grpo.py builds train configs through the parser with this.
@@ -31,6 +31,7 @@ VERBS = (
     data.add_dedup_command,
     evaluate.add_compare_command,
     export.add_export_command,
+    config.add_config_command,
 )
 
 

@@ -1,12 +1,16 @@
-"""Typed training configuration: defaults < YAML file (--config) < key=value overrides < explicit flags.
+"""Typed training configuration:  tuneforge config [--method M] [--json]  lists every key.
 
-Parsing is strict: unknown keys, wrong types and out-of-range values are all collected and reported
-together in one UserError, before any model is loaded.
+Layers: defaults < YAML file (--config) < key=value overrides < explicit flags. Parsing is strict:
+unknown keys (with the likely key suggested), wrong types, out-of-range values and keys the chosen
+method does not use are all collected and reported together in one UserError, before any model loads.
+Each field carries its one-line description and the methods that read it (`setting`), so the
+`tuneforge config` listing, the method check and the code cannot drift apart.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,80 +24,107 @@ REWARD_POOLINGS = ("last", "mean", "sum")
 SCHEDULES = ("cosine", "linear", "constant")
 LOSS_TYPES = ("sigmoid", "ipo", "simpo")
 
+# The recipes that read a key (tuneforge/recipes/<method>.py with the shared run shell and trainable.py).
+# A key outside its methods would be silently ignored, so setting it is an error.
+NOT_GRPO = ("sft", "dpo", "reward")
+NOT_REWARD = ("sft", "dpo", "grpo")
+
+
+def setting(default: Any, doc: str, methods: tuple[str, ...] = METHODS, why_not: str = "") -> Any:
+    """A TrainConfig field with its description, the methods that use it and, optionally, why the others don't."""
+    metadata = {"doc": doc, "methods": methods, "why_not": why_not}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
 
 @dataclass
 class TrainConfig:
-    data: str = ""
-    output: str = "runs/latest"
-    model: str = "smollm2-135m-instruct"
-    method: str = "sft"
-    validation_data: str | None = None
-    validation_split: float = 0.0
-    full: bool = False
-    # Optimisation. learning_rate None = the method's default (1e-3 for LoRA, 5e-5 for full fine-tuning).
-    epochs: float = 3.0
-    max_steps: int | None = None
-    batch_size: int = 8
-    gradient_accumulation: int = 1
-    learning_rate: float | None = None
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
-    lr_schedule: str = "cosine"
-    max_grad_norm: float = 1.0
-    seed: int = 42
+    data: str = setting("", "training file: chat or prompt/completion rows (sft), preference rows (dpo, reward), "
+                        "prompts (grpo)")
+    output: str = setting("runs/latest", "output directory: adapter, checkpoints, metrics.jsonl, summary.json")
+    model: str = setting("smollm2-135m-instruct", "base model: alias, HF model dir, .gguf file or cached hub id")
+    method: str = setting("sft", "sft, dpo, reward or grpo")
+    validation_data: str | None = setting(None, "validation file, measured every eval_every steps")
+    validation_split: float = setting(0.0, "without validation_data: hold out this fraction of data (by seed)")
+    full: bool = setting(False, "full fine-tuning of every weight instead of LoRA")
+    # Optimisation.
+    epochs: float = setting(3.0, "passes over the training data (fractions allowed)")
+    max_steps: int | None = setting(None, "run exactly this many optimizer steps instead of counting epochs")
+    batch_size: int = setting(8, "examples per optimizer step (grpo: prompts per step)")
+    gradient_accumulation: int = setting(1, "examples per optimizer step = batch_size x this", NOT_GRPO,
+                                         "a grpo step is batch_size prompts x group_size completions")
+    learning_rate: float | None = setting(None, "peak learning rate; none: 1e-3 for LoRA, 5e-5 for full")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    warmup_ratio: float = setting(0.05, "fraction of the steps that ramp the learning rate up linearly")
+    lr_schedule: str = setting("cosine", "decay after warm-up: cosine, linear or constant")
+    max_grad_norm: float = setting(1.0, "clip the gradient to this norm (0 disables clipping)")
+    seed: int = setting(42, "seed of the shuffle, the validation split, initialisation and sampling")
     # LoRA.
-    lora_r: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    lora_r: int = setting(16, "LoRA rank")
+    lora_alpha: float = setting(32.0, "LoRA scale numerator: updates are scaled by lora_alpha / lora_r")
+    lora_dropout: float = setting(0.0, "dropout on the LoRA branch's input")
+    lora_target_modules: list[str] = setting(["all-linear"], "modules that get LoRA: all-linear or a comma-separated "
+                                             "list of module names")
     # Data and speed.
-    max_length: int = 2048
+    max_length: int = setting(2048, "tokens per example (dpo, reward: per prompt + answer); the end of a longer "
+                              "one is cut", NOT_GRPO, "grpo keeps whole prompts and samples max_new_tokens")
     # Tokens per forward/backward pass (an optimizer step is split into passes of at most this many; the
     # update is the same). None: 512 for LoRA on CPU, where the heap keeps what bigger passes free (bench,
     # 200 examples: peak RSS 2.95 -> 2.30 GB, 20% slower; DPO / reward 5.1-5.7 -> 2.7 GB); 4096 on GPU and
     # for full fine-tuning, whose memory is mostly weights and optimizer state (512 cost it 27% speed
     # for 9% memory).
-    micro_batch_tokens: int | None = None
-    dtype: str = "auto"  # auto | float32 | bfloat16
-    gradient_checkpointing: bool = False
-    compile: bool = False
+    micro_batch_tokens: int | None = setting(None, "tokens per forward/backward pass (same update, less memory); "
+                                             "none: 512 for LoRA on CPU, else 4096")
+    dtype: str = setting("auto", "compute dtype: auto, float32 or bfloat16")
+    gradient_checkpointing: bool = setting(False, "recompute activations during backward: less memory, slower")
+    compile: bool = setting(False, "torch.compile each decoder block")
     # Logging, evaluation, checkpoints.
-    log_every: int = 1
-    eval_every: int | None = None  # None: about 5 validation passes per run
-    save_every: int | None = None
-    keep_checkpoints: int = 2
-    resume: str | None = None
-    eval_data: str | None = None
-    # Preference tuning (dpo / reward).
-    beta: float = 0.1
-    loss_type: str = "sigmoid"
-    init_adapter: str | None = None
-    simpo_gamma: float = 0.5  # SimPO target margin (loss_type=simpo)
+    log_every: int = setting(1, "write a train record to metrics.jsonl every N steps")
+    eval_every: int | None = setting(None, "measure the validation data every N steps; none: about 5 times a run")
+    save_every: int | None = setting(None, "write a resumable checkpoint every N steps")
+    keep_checkpoints: int = setting(2, "how many of the latest checkpoints to keep")
+    resume: str | None = setting(None, "'auto' (the latest checkpoint in output) or a checkpoint directory")
+    eval_data: str | None = setting(None, "after training, exact match on this test file (in summary.json)",
+                                    NOT_REWARD, "a reward model does not answer prompts, its measure is pairwise "
+                                    "accuracy on validation_data")
+    init_adapter: str | None = setting(None, "start from this LoRA adapter, e.g. an SFT run (dpo and grpo: also the "
+                                       "reference policy)")
+    # Preference tuning (dpo).
+    beta: float = setting(0.1, "DPO temperature: how strongly the policy is held to the reference", ("dpo",))
+    loss_type: str = setting("sigmoid", "preference loss: sigmoid (DPO), ipo or simpo", ("dpo",))
+    simpo_gamma: float = setting(0.5, "SimPO target margin (loss_type=simpo)", ("dpo",))
     # RPO (Pang et al. 2024): add rpo_alpha x the chosen answer's mean token NLL to each pair's loss, so the
     # policy also learns to *write* the preferred answer, not only to rank it. On by default: plain DPO
     # took the demo's SFT policy from 99% to 0% valid JSON while its preference accuracy rose (both
     # answers' likelihoods fell). 0.2, not 1: at 1 the term also trains the chosen answers as answers in
     # general, and held-out pairs that reject another prompt's chosen answer fell to 0.84 (capitals task);
     # 0.2 kept both above the bar (docs/benchmarks.md). 0 gives the paper's DPO / IPO / SimPO.
-    rpo_alpha: float = 0.2
+    rpo_alpha: float = setting(0.2, "weight of the chosen answer's token NLL added to each pair's loss (0: off)",
+                               ("dpo",))
     # Reward model: where the value head reads. "mean" (default): its values over every answer token, averaged
     # and scaled by the training answers' mean length; "sum": summed; "last": the end-of-turn token only.
     # Demo pairs, held-out accuracy: mean 0.94, sum 0.92, last 0.84 (docs/benchmarks.md).
-    reward_pooling: str = "mean"
-    # Reward-driven RL (grpo). reward: "exact_match" / "json_format" / "json_fields" or "module:function".
-    reward: str | None = None
-    reward_model: str | None = None
-    group_size: int = 4
-    max_new_tokens: int = 64
-    kl_beta: float = 0.04
-    clip_epsilon: float = 0.2
-    temperature: float = 1.0
-    policy_updates: int = 1  # optimizer steps per batch of sampled completions (clipping matters when > 1)
+    reward_pooling: str = setting("mean", "where the value head reads: mean, sum or last (answer tokens)", ("reward",))
+    # Reward-driven RL (grpo).
+    reward: str | None = setting(None, "reward function: exact_match, json_format, json_fields or module:function",
+                                 ("grpo",))
+    reward_model: str | None = setting(None, "reward model: a directory written by --method reward", ("grpo",))
+    group_size: int = setting(4, "completions sampled per prompt; advantages compare them within the group",
+                              ("grpo",))
+    max_new_tokens: int = setting(64, "longest sampled completion, in tokens", ("grpo",))
+    kl_beta: float = setting(0.04, "weight of the per-token KL to the reference policy (0: no reference)", ("grpo",))
+    clip_epsilon: float = setting(0.2, "clip of the policy ratio (matters when policy_updates > 1)", ("grpo",))
+    temperature: float = setting(1.0, "sampling temperature of the completions", ("grpo",))
+    policy_updates: int = setting(1, "optimizer steps per batch of sampled completions", ("grpo",))
     # Forgetting: replay general data, stop early, gate on general-text perplexity (see tuneforge.evaluate.forgetting).
-    replay: str | None = None  # JSONL/text file, builtin:pydoc or builtin:self (self-replay, see data/replay.py)
-    replay_ratio: float = 0.0  # replay examples per training example
-    max_forgetting: float | None = None  # % perplexity rise on general text that fails the run's gate
-    early_stopping_patience: int | None = None  # stop after N validation passes without a new best
+    replay: str | None = setting(None, "general data mixed in against forgetting: JSONL/text file, builtin:pydoc or "
+                                 "builtin:self (the model's own answers)", ("sft",))
+    replay_ratio: float = setting(0.0, "replay examples per training example", ("sft",))
+    max_forgetting: float | None = setting(None, "fail the run (exit 1) if general-text perplexity rises more than "
+                                           "this %", NOT_REWARD, "the gate measures a model that answers prompts")
+    early_stopping_patience: int | None = setting(None, "stop after N validation passes without a new best; the "
+                                                  "best weights are kept", ("sft",))
 
     def resolved_micro_batch_tokens(self, device: str) -> int:
         if self.micro_batch_tokens is not None:
@@ -109,7 +140,23 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+FIELD_TYPES = {name: f.type for name, f in FIELDS.items()}
+
+
+def default_value(name: str) -> Any:
+    f = FIELDS[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def describe_keys(method: str | None = None) -> list[dict[str, Any]]:
+    """Every key as {key, type, default, methods, description} (`tuneforge config`); `method` keeps its keys."""
+    return [
+        {"key": name, "type": f.type, "default": default_value(name), "methods": list(f.metadata["methods"]),
+         "description": f.metadata["doc"]}
+        for name, f in FIELDS.items()
+        if method is None or method in f.metadata["methods"]
+    ]
 
 
 def _coerce(name: str, value: Any, problems: list[str]) -> Any:
@@ -188,12 +235,33 @@ def _check_ranges(config: TrainConfig, problems: list[str]) -> None:
     require(config.policy_updates >= 1, "policy_updates: must be >= 1")
     require(config.method != "grpo" or bool(config.reward) != bool(config.reward_model),
             "grpo needs exactly one of --reward (function) or --reward-model (directory)")
-    require(config.method != "reward" or not config.eval_data,
-            "eval_data: a reward model does not answer prompts; its pairwise accuracy on --validation-data is the measure")
     require(config.replay_ratio >= 0, "replay_ratio: must be >= 0")
     require(config.replay_ratio == 0 or bool(config.replay), "replay_ratio: needs --replay FILE (or builtin:pydoc)")
     require(config.early_stopping_patience is None or config.early_stopping_patience >= 1, "early_stopping_patience: must be >= 1")
     require(bool(config.data), "data: a training file is required (--data FILE)")
+
+
+def _unused_by_method(config: TrainConfig, chosen: dict[str, Any]) -> list[str]:
+    """One problem per chosen key that `config.method` never reads (it would be silently ignored).
+
+    Only a value other than the default counts as chosen: a saved train_config.json holds every key, and
+    rebuilding a run from it (resume, the service) must not read its defaults as choices.
+    """
+    if config.method not in METHODS:
+        return []  # reported as a bad method already
+    problems = []
+    for name, value in chosen.items():
+        methods, why_not = FIELDS[name].metadata["methods"], FIELDS[name].metadata["why_not"]
+        if config.method not in methods and value != default_value(name):
+            users = " and ".join([", ".join(methods[:-1]), methods[-1]] if len(methods) > 1 else methods)
+            problems.append(f"{name}: set to {value!r}, but method {config.method} does not use it "
+                            f"(only {users} {'does' if len(methods) == 1 else 'do'}){': ' + why_not if why_not else ''}")
+    return problems
+
+
+def _unknown_key(key: str) -> str:
+    close = difflib.get_close_matches(key, FIELDS, n=1)
+    return f"unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else " (`tuneforge config` lists every key)")
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -224,21 +292,27 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(*layers: dict[str, Any]) -> TrainConfig:
-    """Merge layers (later wins), coerce types, check ranges; report every problem at once."""
+    """Merge layers (later wins), coerce types, check ranges and methods; report every problem at once."""
     merged: dict[str, Any] = {}
     for layer in layers:
-        merged.update({k.replace("-", "_"): v for k, v in layer.items()})
-    problems = []
-    values = {}
+        merged.update({str(k).replace("-", "_"): v for k, v in layer.items()})
+    problems: list[str] = []
+    chosen: dict[str, Any] = {}
     for key, value in merged.items():
-        if key not in FIELD_TYPES:
-            problems.append(f"unknown key '{key}'")
+        if key not in FIELDS:
+            problems.append(_unknown_key(key))
             continue
-        values[key] = _coerce(key, value, problems)
-    if problems:
-        raise UserError("config: " + "; ".join(problems), code="bad_config")
-    config = TrainConfig(**values)
-    _check_ranges(config, problems)
+        before = len(problems)
+        coerced = _coerce(key, value, problems)
+        if len(problems) == before:  # a value that failed is reported; its default stands in for the checks below
+            chosen[key] = coerced
+    config = TrainConfig(**chosen)
+    unused = _unused_by_method(config, chosen)
+    ranges: list[str] = []
+    _check_ranges(config, ranges)
+    # The range of a key the method ignores is beside the point: the unused-key problem says what to do.
+    unused_keys = {problem.split(":", 1)[0] for problem in unused}
+    problems += [p for p in ranges if p.split(":", 1)[0] not in unused_keys] + unused
     if problems:
         raise UserError("config: " + "; ".join(problems), code="bad_config")
     return config

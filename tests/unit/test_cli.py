@@ -14,7 +14,7 @@ from tuneforge.commands.train import recipes_by_method
 from tuneforge.config import METHODS
 
 ROOT = Path(__file__).resolve().parents[2]
-CORE_VERBS = ["train", "generate", "eval", "validate", "preview", "split", "dedup", "compare", "export"]
+CORE_VERBS = ["train", "generate", "eval", "validate", "preview", "split", "dedup", "compare", "export", "config"]
 
 
 def verbs(parser) -> list[str]:
@@ -48,9 +48,9 @@ def test_no_verb_or_recipe_is_found_by_a_name_built_at_run_time():
 
 
 def test_python_dash_m_tuneforge_is_the_command():
-    done = subprocess.run([sys.executable, "-m", "tuneforge", "split", "--help"], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "tuneforge", "config", "--method", "reward"], capture_output=True,
                           text=True, cwd=ROOT, timeout=120)
-    assert done.returncode == 0 and "--validation-fraction" in done.stdout
+    assert done.returncode == 0 and "reward_pooling" in done.stdout and "replay " not in done.stdout
 
 
 @pytest.mark.parametrize("argv", [[], ["--help"]])

@@ -46,3 +46,14 @@ def test_unknown_model_is_a_clear_error(tmp_path):
     data = write_jsonl(tmp_path / "ok.jsonl", ['{"prompt": "a", "completion": "b"}'] * 12)
     result = run_cli("eval", "--data", str(data), "--model", str(tmp_path / "no-such-model"))
     assert result.returncode == 2 and "not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_every_config_problem_is_one_line_before_anything_loads(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "ok.jsonl", ['{"prompt": "a", "completion": "b"}'] * 12)
+    code = main(["train", "--data", str(data), "--output", str(tmp_path / "out"), "--beta", "0.5", "lora_rank=4",
+                 "epochs=0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err == ("tuneforge: error: config: unknown key 'lora_rank' (did you mean 'lora_r'?); epochs: must be > 0; "
+                   "beta: set to 0.5, but method sft does not use it (only dpo does)")
+    assert not (tmp_path / "out").exists()

@@ -5,6 +5,7 @@
     evaluate.py   tuneforge eval | compare
     data.py       tuneforge validate | preview | split | dedup
     export.py     tuneforge export
+    config.py     tuneforge config        (every training config key)
 
 The verbs live above the areas because a verb may wire several together (validate's estimate builds the
 model; train checks the data, then runs a recipe), and the areas must not import upward. Each module

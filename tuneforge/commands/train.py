@@ -49,7 +49,11 @@ def recipes_by_method() -> dict:
 
 
 def add_train_command(subparsers) -> None:
-    p = subparsers.add_parser("train", help="fine-tune a model (SFT with LoRA or full; dpo, reward, grpo)")
+    p = subparsers.add_parser(
+        "train",
+        help="fine-tune a model (SFT with LoRA or full; dpo, reward, grpo)",
+        epilog="Every config key, with its type, default and the methods that use it: tuneforge config [--method M]",
+    )
     p.add_argument("--data", help="training JSONL (OpenAI chat or prompt/completion format)")
     p.add_argument("--validation-data", help="validation JSONL; its loss is logged at intervals")
     p.add_argument("--validation-split", type=float, help="hold out this fraction of --data for validation (by seed)")
