@@ -13,7 +13,6 @@ puts it first in `.Messages` whenever a request brings no system message of its 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from tuneforge.errors import UserError
 
@@ -90,9 +89,3 @@ def modelfile_text(tokenizer, gguf_name: str = "model.gguf") -> str:
         stops.append(eos)
     lines += [f'PARAMETER stop "{stop}"' for stop in stops]
     return "\n".join(lines) + "\n"
-
-
-def write_modelfile(tokenizer, folder: Path, gguf_name: str = "model.gguf") -> Path:
-    path = Path(folder) / "Modelfile"
-    path.write_text(modelfile_text(tokenizer, gguf_name))
-    return path
