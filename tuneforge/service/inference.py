@@ -38,7 +38,7 @@ class ModelCache:
 
 def serve(load: Callable, generate: Callable, stdin=None, stdout=None, capacity: int = 3) -> None:
     """Answer requests until stdin closes. `load` and `generate` follow tuneforge.models.load_model and
-    tuneforge.evaluate.generation.generate_chat."""
+    tuneforge.generation.generate_chat."""
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
     cache = ModelCache(load, capacity)
@@ -85,7 +85,7 @@ def main() -> int:
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     sys.stdout = sys.stderr
-    from tuneforge.evaluate.generation import generate_chat
+    from tuneforge.generation import generate_chat
     from tuneforge.models import load_model
 
     serve(
