@@ -5,5 +5,5 @@
 
 from tuneforge.errors import UserError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["UserError", "__version__"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from tuneforge.export.commands import FORMATS
+from tuneforge.export import FORMATS
 
 
 def add_export_command(subparsers) -> None:

@@ -11,11 +11,13 @@ from pathlib import Path
 
 from tuneforge.errors import UserError
 
+FORMATS = ("hf", "gguf", "ollama")
+DEFAULT_DTYPE = {"hf": "f32", "gguf": "f16", "ollama": "q8_0"}  # each format's default tensor type
+
 
 def export(adapter: str | None, fmt: str, output: str | Path, *, dtype: str | None = None,
            model: str | None = None) -> list[Path]:
     """Write `adapter` (merged into its base) in `fmt`; return the files written."""
-    from tuneforge.export.commands import DEFAULT_DTYPE
     from tuneforge.export.gguf_writer import GGUF_DTYPES, write_gguf
     from tuneforge.export.merge import HF_DTYPES, merged_model, save_hf
 
@@ -44,4 +46,4 @@ def export(adapter: str | None, fmt: str, output: str | Path, *, dtype: str | No
     return [write_gguf(merged, tokenizer, output / "model.gguf", dtype, name=name)]
 
 
-__all__ = ["export"]
+__all__ = ["DEFAULT_DTYPE", "FORMATS", "export"]
