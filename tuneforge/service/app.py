@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from tuneforge import __version__
 from tuneforge.service.errors import envelope, install_error_handlers
 from tuneforge.service.file_storage import FileTooLarge
 from tuneforge.service.inference_client import InferenceClient
@@ -46,7 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await app.state.inference.close()
 
-    app = FastAPI(title="tuneforge", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="tuneforge", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
