@@ -17,9 +17,6 @@ import sys
 from tuneforge.commands import config, data, evaluate, export, generate, train
 from tuneforge.errors import UserError
 
-# tests/unit/test_grpo.py builds train configs through the parser with this.
-train_config_from_args = train.train_config_from_args
-
 # Each function adds one verb's parser; the verb runs as `args.func(args)`.
 VERBS = (
     train.add_train_command,

@@ -80,7 +80,8 @@ def test_builtin_rewards():
 
 
 def test_cli_flags_reach_the_config_and_grpo_needs_one_reward():
-    from tuneforge.cli import build_parser, train_config_from_args
+    from tuneforge.cli import build_parser
+    from tuneforge.commands.train import train_config_from_args
     from tuneforge.errors import UserError
 
     args = build_parser().parse_args(["train", "--method", "grpo", "--data", "p.jsonl", "--reward", "exact_match", "group_size=8"])
