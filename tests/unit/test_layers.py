@@ -38,3 +38,18 @@ def test_config_and_validate_import_without_torch():
     probe = "import sys, tuneforge.config, tuneforge.data.validate; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_recipes_import_the_run_shell_but_never_each_other():
+    recipes = ROOT / "tuneforge" / "recipes"
+    methods = {path.stem for path in recipes.glob("*.py")} - {"__init__", "run"}
+    assert methods == {"sft", "dpo", "reward", "grpo"}
+    crossing = {
+        f"{path.name} imports {name}"
+        for path in sorted(recipes.glob("*.py"))
+        for name in imported_modules(path)
+        if any(name.startswith(f"tuneforge.recipes.{method}") for method in methods - {path.stem})
+    }
+    assert crossing == set()
+    for method in methods:  # every loop goes through the one shell
+        assert "tuneforge.recipes.run" in imported_modules(recipes / f"{method}.py"), method
