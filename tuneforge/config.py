@@ -88,6 +88,9 @@ class TrainConfig:
     eval_data: str | None = setting(None, "after training, exact match on this test file (in summary.json)",
                                     NOT_REWARD, "a reward model does not answer prompts, its measure is pairwise "
                                     "accuracy on validation_data")
+    chat_template: str | None = setting(None, "the template conversations are rendered with: a built-in (gemma, llama3, "
+                                        "chatml, plain) or a Jinja file; none: the model's own, else a built-in "
+                                        "its vocabulary can write")
     init_adapter: str | None = setting(None, "start from this LoRA adapter, e.g. an SFT run (dpo and grpo: also the "
                                        "reference policy)")
     # Preference tuning (dpo).

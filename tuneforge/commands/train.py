@@ -120,7 +120,7 @@ def check_training_files(config) -> None:
     from tuneforge.data.validate import CODES, MIN_EXAMPLES, summarise_errors, validate_file
     from tuneforge.models import load_tokenizer, resolve_model
 
-    tokenizer = load_tokenizer(resolve_model(config.model).path)
+    tokenizer = load_tokenizer(resolve_model(config.model).path, config.chat_template)
     for label, path in (("training", config.data), ("validation", config.validation_data)):
         if not path:
             continue
