@@ -27,7 +27,7 @@ def test_shared_prefix_is_computed_once_and_gives_the_tokens_of_one_prompt_at_a_
     must equal those of each prompt alone, which never shares."""
     from transformers import AutoModelForCausalLM
 
-    from tuneforge.evaluate import generation
+    from tuneforge import generation
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     shared = [1] + [(7 * i) % 50 + 5 for i in range(19)]

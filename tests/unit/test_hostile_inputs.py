@@ -87,4 +87,4 @@ def test_service_paths_come_from_generated_ids():
     assert joins, "expected path joins under files_dir/runs_dir"
     for line in joins:
         assert re.search(r"/ (file_id|job\.id)\b", line), line
-    assert "file_id = new_id(" in (service / "routes" / "files.py").read_text()
+    assert 'file_id = new_id("file")' in (service / "file_storage.py").read_text()  # where uploads are stored
