@@ -1,7 +1,10 @@
 """Export round trips on tiny random models: merge -> HF / GGUF / Ollama -> load back -> same logits.
 
-The shared tiny fixture has a word-level tokenizer, which GGUF cannot describe; these tests build a tiny
-byte-level BPE tokenizer (what SmolLM2, Llama-3 and Qwen2 use) with the `tokenizers` library instead.
+    pytest tests/unit/test_export.py
+
+The shared tiny fixture has a word-level tokenizer, which GGUF cannot describe; the GGUF tests here use a
+tiny byte-level BPE tokenizer (what SmolLM2, Llama-3 and Qwen2 use) from tests/unit/gguf_models.py.
+Every architecture in llama.cpp itself: tests/unit/test_gguf_llamacpp.py.
 """
 
 from __future__ import annotations
@@ -13,43 +16,22 @@ import numpy as np
 import pytest
 import torch
 
+from tests.tiny_models import ARCHITECTURES, build_tiny_model
+from tests.unit.gguf_models import (
+    CHATML,
+    PROMPTS,
+    llama_cpp_logits,
+    load_in_llama_cpp,
+    make_bpe_tokenizer,
+    make_sentencepiece_style_tokenizer,
+)
 from tuneforge.errors import UserError
 
-CHATML = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-CORPUS = [
-    "Where is my order? It shipped on Monday and should arrive soon.",
-    "I want a refund for order 12345, the item arrived broken.",
-    "category: shipping, priority: high. Hello, please help me!",
-    '{"name": "Ana", "order": 987, "category": "refund"}',
-] * 20
 INIT, EMBED = 0.1, 1.0
-PROMPTS = ["Where is my refund?", "order 42 arrived broken", '{"category": "shipping"}', "hello please help", "Monday"]
 
 
-def make_bpe_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    backend.train_from_iterator(CORPUS, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token="<|im_start|>"
-    )
-    tokenizer.chat_template = CHATML
-    return tokenizer
-
-
-def make_model_dir(folder, arch: str = "llama", tied: bool = True):
-    """A 2-layer random Llama or Qwen2 (q/k/v biases).
+def make_model_dir(folder, arch: str = "llama", tied: bool = True, hidden: int = 64):
+    """A 2-layer random Llama or Qwen2 (q/k/v biases); hidden=256 gives rows that fill whole K-quant blocks.
 
     Random layers are chaotic: at large init a 0.4% weight error (q8_0) flips many near-tied argmaxes,
     which trained models do not do. Small layers over large embeddings give decided next tokens, as a
@@ -61,7 +43,7 @@ def make_model_dir(folder, arch: str = "llama", tied: bool = True):
     torch.manual_seed(0)
     common = dict(
         vocab_size=len(tokenizer) + 5,  # padded vocabulary: rows the tokenizer never produces
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         max_position_embeddings=128, tie_word_embeddings=tied, initializer_range=INIT,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
     )
@@ -200,7 +182,8 @@ def test_gguf_bf16_writes_bf16_tensors(tmp_path, llama_adapter):
     fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
     assert fields["llama.block_count"] == 2 and fields["llama.embedding_length"] == 64
     assert fields["llama.attention.head_count_kv"] == 2 and fields["llama.feed_forward_length"] == 128
-    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "gpt2"
+    # llama.cpp's name for the GPT-2 split rule ("gpt2" is refused by llama.cpp: unknown pre-tokenizer)
+    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "gpt-2"
     assert fields["tokenizer.ggml.token_type"][:3] == [3, 3, 3]  # the specials are CONTROL
     assert fields["tokenizer.ggml.tokens"][-1].startswith("[PAD")  # padded vocabulary rows are named
 
@@ -247,6 +230,71 @@ def test_adapter_stays_loadable_by_peft(llama_adapter):
     assert any("lora_B" in n for n, _ in auto.named_parameters())
     ids = torch.tensor([[1, 5, 9, 12]])
     torch.testing.assert_close(logits_of(auto, ids), logits_of(plain, ids))
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_merge_equals_the_adapter_for_every_architecture(tmp_path, architecture):
+    """PEFT's merge writes W + (alpha / r) * B @ A into each targeted weight, which is the adapter's own
+    forward (W x + (alpha / r) * B A x) folded in: the merged model's logits are the adapter's, up to f32
+    rounding. Checked per architecture, since each names and fuses its projections differently
+    (Phi-3's qkv_proj and gate_up_proj)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneforge.export.merge import merged_model
+
+    base = build_tiny_model(architecture, tmp_path / "base")
+    adapter = make_adapter(base, tmp_path / "adapter")
+    ids = torch.tensor([AutoTokenizer.from_pretrained(base)("what is the answer please")["input_ids"]])
+    plain = AutoModelForCausalLM.from_pretrained(base).eval()
+    before = logits_of(plain, ids)
+    expected = logits_of(PeftModel.from_pretrained(plain, adapter).eval(), ids)
+    merged, _ = merged_model(str(adapter))
+    assert (expected - before).abs().max() > 0.05  # the adapter really changes the model
+    torch.testing.assert_close(logits_of(merged, ids), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["q4_k_m", "q5_k_m", "q6_k"])
+def test_k_quants_come_from_llama_cpps_quantizer(tmp_path, dtype):
+    """Rows of 256 values fill whole K blocks, so the named K type is really used, and the file runs in
+    llama.cpp. Random 2-layer weights amplify quantization error (a q8_0 file already moves the largest
+    logit by ~5% here, where the f16 file moves it by 0.3%), so the check is that llama.cpp's logits stay
+    strongly correlated with the model's and mostly pick its next tokens, less so with fewer bits
+    (observed correlation 0.994 / 0.988 / 0.957 and agreement 0.89 / 0.78 / 0.63 for q6_k / q5_k_m / q4_k_m)."""
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    from tuneforge.export import export
+
+    base = make_model_dir(tmp_path / "base", hidden=256)
+    (path,) = export(None, "gguf", tmp_path / "out.gguf", dtype=dtype, model=str(base))
+    types = {t.name: t.tensor_type for t in GGUFReader(str(path)).tensors}
+    main_type = {"q4_k_m": GGMLQuantizationType.Q4_K, "q5_k_m": GGMLQuantizationType.Q5_K,
+                 "q6_k": GGMLQuantizationType.Q6_K}[dtype]
+    assert main_type in types.values()
+    assert types["blk.0.attn_norm.weight"] == GGMLQuantizationType.F32
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base).eval()
+    ids = AutoTokenizer.from_pretrained(base)(" ".join(PROMPTS))["input_ids"]
+    expected = logits_of(model, torch.tensor([ids]))[0].numpy()
+    llm = load_in_llama_cpp(path)
+    got = llama_cpp_logits(llm, ids)
+    llm.close()
+    min_correlation, min_agreement = {"q6_k": (0.98, 0.75), "q5_k_m": (0.97, 0.6), "q4_k_m": (0.9, 0.45)}[dtype]
+    assert np.corrcoef(got.ravel(), expected.ravel())[0, 1] >= min_correlation
+    assert (got.argmax(-1) == expected.argmax(-1)).mean() >= min_agreement
+
+
+def test_k_quant_without_llama_cpp_says_how_to_get_it(tmp_path, monkeypatch, llama_adapter):
+    import sys
+
+    from tuneforge.export import export
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if llama-cpp-python were not installed
+    with pytest.raises(UserError, match="install_llama_cpp.sh"):
+        export(str(llama_adapter), "gguf", tmp_path / "x.gguf", dtype="q4_k_m")
+    assert not (tmp_path / "x.gguf").exists()
 
 
 def test_word_level_tokenizer_is_refused_clearly(tmp_path, tiny_model_dir):
@@ -326,21 +374,11 @@ def test_ollama_default_system_prompt_and_llama3(tiny_tokenizer):
 def test_sentencepiece_style_tokenizer_round_trips_as_llama_vocab(tmp_path):
     """A byte-fallback BPE (Llama-2 style) is written as `tokenizer.ggml.model = llama` with BYTE tokens."""
     from gguf import GGUFReader
-    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from tuneforge.export import export
 
-    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
-    backend = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
-    backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
-    backend.decoder = decoders.Sequence(
-        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
-    )
-    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens], show_progress=False)
-    backend.train_from_iterator(CORPUS, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    tokenizer.chat_template = CHATML
+    tokenizer = make_sentencepiece_style_tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                          num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2)
     LlamaForCausalLM(config).save_pretrained(tmp_path / "base")

@@ -1,45 +1,126 @@
-"""Write a (merged) llama-family model as one GGUF file with the `gguf` package.
+"""Write a (merged) Hugging Face causal LM as one GGUF file with the `gguf` package.
 
     tuneforge export --adapter runs/demo --format gguf --dtype q8_0 --output exported/demo
 
-The file follows what llama.cpp's `convert_hf_to_gguf.py` writes, so llama.cpp, Ollama and transformers
-(`from_pretrained(dir, gguf_file=...)`) read it:
+The file holds what llama.cpp's `convert_hf_to_gguf.py` writes for the architecture, so llama.cpp,
+Ollama and transformers (`from_pretrained(dir, gguf_file=...)`) read it; the tests load every
+architecture in llama.cpp itself and compare its logits with the model's own:
 
 - tensor names come from gguf's own HF -> GGUF table (`gguf.get_tensor_name_map`);
-- llama-architecture Q and K projections are permuted (see `interleave_rope_halves`); Qwen2 is not;
+- llama-architecture (Llama, Mistral) Q and K projections are permuted (see `interleave_rope_halves`);
+  the others keep HF's rotate-half layout, which llama.cpp runs as NeoX rope;
+- Gemma's RMSNorm scales by (1 + w) where llama.cpp scales by w, so Gemma norms are written as w + 1;
+- Llama 3.1+ rope scaling becomes the per-frequency `rope_freqs` tensor llama.cpp divides by;
+- Gemma 2/3 local/global layers become an explicit per-layer sliding-window pattern;
 - 2-D weights take the requested type; norms and other 1-D tensors stay f32 as llama.cpp keeps them;
+  K-quants (q4_k_m, q5_k_m, q6_k) are made from an f32 file by llama.cpp's own quantizer (llama_cpp_quantize.py);
 - tied embeddings write no `output.weight` (readers then reuse `token_embd.weight`);
-- the tokenizer goes in as metadata: byte-level BPE as `gpt2`, a byte-fallback BPE (Llama-2 style
-  sentencepiece) as `llama`, with the chat template as `tokenizer.chat_template`.
+- the tokenizer goes in as metadata (gguf_vocab.py), the chat template as `tokenizer.chat_template`.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from tuneforge.errors import UserError
-
-GGUF_DTYPES = ("f16", "bf16", "q8_0", "f32")
+from tuneforge.export import GGUF_DTYPES
+from tuneforge.export.gguf_vocab import vocab_metadata, write_vocab
+from tuneforge.export.llama_cpp_quantize import K_QUANTS, quantize_with_llama_cpp, require_quantizer
 
 
 @dataclass(frozen=True)
 class ArchSpec:
-    gguf_arch: str  # the GGUF `general.architecture`
-    permute_qk: bool  # llama.cpp's llama arch uses interleaved rope pairs; qwen2 uses NeoX halves like HF
+    gguf_arch: str  # gguf.MODEL_ARCH member name
+    permute_qk: bool = False  # llama.cpp's llama arch rotates interleaved pairs (2i, 2i+1)
+    norm_shift: float = 0.0  # added to every *norm.weight: Gemma computes x * (1 + w)
+    head_must_be_tied: bool = False  # the GGUF arch has no output.weight of its own
+    extra_hyperparameters: Callable | None = None  # (writer, config) -> None
+
+
+def gemma_attention_scale_check(config, layers_of_27b: int) -> None:
+    """llama.cpp does not read Gemma's query scale; it derives it from the model size. Refuse a mismatch.
+
+    HF scales queries by query_pre_attn_scalar ** -0.5. llama.cpp uses 1/sqrt(head_dim), except for the
+    27B model (recognised by its layer count), where it uses 1/sqrt(hidden_size / heads).
+    """
+    head_dim = config.head_dim
+    if config.num_hidden_layers == layers_of_27b:
+        head_dim = config.hidden_size // config.num_attention_heads
+    scalar = getattr(config, "query_pre_attn_scalar", None) or head_dim
+    if not math.isclose(scalar, head_dim):
+        raise UserError(
+            f"GGUF export: this Gemma model scales attention by query_pre_attn_scalar={scalar}, but llama.cpp "
+            f"uses {head_dim} for a model of this shape, so it would compute different logits; use --format hf"
+        )
+
+
+def sliding_window_layers(writer, config) -> None:
+    """The window and which layers use it, per layer, as HF's `layer_types` says (no guessed pattern)."""
+    layer_types = getattr(config, "layer_types", None) or []
+    if config.sliding_window and "sliding_attention" in layer_types:
+        writer.add_sliding_window(config.sliding_window)
+        writer.add_sliding_window_pattern([kind == "sliding_attention" for kind in layer_types])
+
+
+def gemma2_hyperparameters(writer, config) -> None:
+    gemma_attention_scale_check(config, layers_of_27b=46)
+    if config.attn_logit_softcapping is None:
+        raise UserError("GGUF export: llama.cpp's gemma2 always caps attention logits; this model does not. Use --format hf")
+    writer.add_attn_logit_softcapping(config.attn_logit_softcapping)
+    if config.final_logit_softcapping:
+        writer.add_final_logit_softcapping(config.final_logit_softcapping)
+    sliding_window_layers(writer, config)
+
+
+def gemma3_hyperparameters(writer, config) -> None:
+    gemma_attention_scale_check(config, layers_of_27b=62)
+    if getattr(config, "attn_logit_softcapping", None):
+        raise UserError("GGUF export: llama.cpp's gemma3 has no attention logit softcapping; use --format hf")
+    if config.final_logit_softcapping:
+        writer.add_final_logit_softcapping(config.final_logit_softcapping)
+    sliding_window_layers(writer, config)
+    local = rope_parameters(config).get("sliding_attention")
+    if local and local.get("rope_theta") is not None:
+        writer.add_rope_freq_base_swa(float(local["rope_theta"]))
+
+
+def phi3_hyperparameters(writer, config) -> None:
+    params = rope_parameters(config)
+    original = params.get("original_max_position_embeddings", getattr(config, "original_max_position_embeddings", None))
+    writer.add_rope_scaling_orig_ctx_len(original or config.max_position_embeddings)
+    writer.add_sliding_window(config.sliding_window or 0)  # llama.cpp runs Phi-3 with full attention either way
+    window_note(config)
+
+
+def mistral_hyperparameters(writer, config) -> None:
+    window_note(config)
+
+
+def window_note(config) -> None:
+    window = getattr(config, "sliding_window", None)
+    if window and window < config.max_position_embeddings:
+        print(f"tuneforge export: note: llama.cpp runs {type(config).__name__.removesuffix('Config')} with full "
+              f"attention; it answers as this model does for prompts up to its sliding window ({window} tokens)",
+              file=sys.stderr)
 
 
 ARCHITECTURES = {
-    "LlamaForCausalLM": ArchSpec("llama", permute_qk=True),
-    "Qwen2ForCausalLM": ArchSpec("qwen2", permute_qk=False),
+    "LlamaForCausalLM": ArchSpec("LLAMA", permute_qk=True),
+    "MistralForCausalLM": ArchSpec("LLAMA", permute_qk=True, extra_hyperparameters=mistral_hyperparameters),
+    "Qwen2ForCausalLM": ArchSpec("QWEN2"),
+    "Qwen3ForCausalLM": ArchSpec("QWEN3"),
+    "Gemma2ForCausalLM": ArchSpec("GEMMA2", norm_shift=1.0, head_must_be_tied=True,
+                                  extra_hyperparameters=gemma2_hyperparameters),
+    "Gemma3ForCausalLM": ArchSpec("GEMMA3", norm_shift=1.0, extra_hyperparameters=gemma3_hyperparameters),
+    "Phi3ForCausalLM": ArchSpec("PHI3", extra_hyperparameters=phi3_hyperparameters),
 }
-
-# tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 
 def interleave_rope_halves(weight: np.ndarray, n_head: int) -> np.ndarray:
@@ -83,183 +164,154 @@ def file_type(dtype: str) -> int:
     }[dtype]
 
 
-def arch_spec(config) -> ArchSpec:
-    names = getattr(config, "architectures", None) or []
+def arch_spec(model) -> ArchSpec:
+    names = [type(model).__name__, *(getattr(model.config, "architectures", None) or [])]
     for name in names:
         if name in ARCHITECTURES:
             return ARCHITECTURES[name]
     raise UserError(
-        f"GGUF export supports {', '.join(ARCHITECTURES)}; this model is {', '.join(names) or config.model_type}. "
+        f"GGUF export supports {', '.join(ARCHITECTURES)}; this model is {names[0]}. "
         "Use --format hf and llama.cpp's convert_hf_to_gguf.py"
     )
 
 
-def rope_theta(config) -> float:
-    params = getattr(config, "rope_parameters", None) or {}
-    rope_type = params.get("rope_type", "default")
-    if rope_type not in ("default", None):
-        raise UserError(f"GGUF export does not support rope scaling '{rope_type}' yet; use --format hf")
-    theta = params.get("rope_theta", getattr(config, "rope_theta", None))
-    return float(theta if theta is not None else 10000.0)
+def rope_parameters(config) -> dict:
+    """transformers 5 keeps rope settings in `rope_parameters` (per layer type for Gemma 3); 4.x in rope_scaling."""
+    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    if "rope_theta" not in params and "full_attention" not in params and getattr(config, "rope_theta", None):
+        params["rope_theta"] = config.rope_theta
+    return params
 
 
-def write_hyperparameters(writer, config, spec: ArchSpec) -> None:
+def write_rope(writer, model, spec: ArchSpec) -> dict[str, np.ndarray]:
+    """Rope base and scaling keys; returns the extra tensors llama.cpp needs (Llama 3.1's rope_freqs)."""
+    import gguf
+
+    config = model.config
+    params = rope_parameters(config)
+    if ("full_attention" in params or "sliding_attention" in params) and spec.gguf_arch != "GEMMA3":
+        raise UserError("GGUF export: per-layer-type rope settings are only supported for Gemma 3; use --format hf")
+    full = params.get("full_attention", params)
+    writer.add_rope_freq_base(float(full.get("rope_theta") or 10000.0))
+    rope_type = full.get("rope_type", full.get("type")) or "default"
+    if rope_type == "default":
+        return {}
+    if rope_type == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(full["factor"]))
+        return {}
+    if rope_type == "llama3" and spec.gguf_arch == "LLAMA":
+        return {gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight": llama3_rope_divisors(model, full)}
+    raise UserError(f"GGUF export does not support rope scaling '{rope_type}' for {type(model).__name__} yet; use --format hf")
+
+
+def llama3_rope_divisors(model, params: dict) -> np.ndarray:
+    """llama.cpp divides each rope frequency by rope_freqs[i]; Llama 3.1 scaling is exactly such a division.
+
+    The scaled frequencies are read from the model's own rotary embedding (the ones HF computes with),
+    so the file carries what the model does rather than a second implementation of the formula.
+    """
+    inv_freq = model.model.rotary_emb.inv_freq.detach().to("cpu").double().numpy()
+    dim = inv_freq.shape[0] * 2
+    plain = 1.0 / (float(params["rope_theta"]) ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    return (plain / inv_freq).astype(np.float32)
+
+
+def write_hyperparameters(writer, model, spec: ArchSpec) -> dict[str, np.ndarray]:
+    config = model.config
     n_head = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
+    rotary = rope_parameters(config).get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)) or 1.0
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(n_head)
     writer.add_head_count_kv(getattr(config, "num_key_value_heads", None) or n_head)
-    writer.add_rope_freq_base(rope_theta(config))
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
-    writer.add_rope_dimension_count(head_dim)
-    if head_dim * n_head != config.hidden_size:
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(int(rotary * head_dim))
+    extra_tensors = write_rope(writer, model, spec)
+    if spec.extra_hyperparameters:
+        spec.extra_hyperparameters(writer, config)
+    return extra_tensors
 
 
-def pre_tokenizer_name(backend: dict) -> str:
-    """llama.cpp's `tokenizer.ggml.pre`: which split regex the BPE merges were learned with.
+def gguf_tensors(model, spec: ArchSpec):
+    """(gguf name, f32 array) for every tensor the GGUF arch reads, in HF order."""
+    import gguf
 
-    llama.cpp identifies it by hashing the ids of a probe text; we read the tokenizer.json instead.
-    """
-    text = json.dumps(backend.get("pre_tokenizer"))
-    if "\\\\p{N}{1,3}" in text:
-        return "llama-bpe"
-    if "(?i:'s|'t" in text and "\\\\p{N}|" in text:
-        return "qwen2"
-    if '"Digits"' in text and '"ByteLevel"' in text:
-        return "smollm"
-    if '"ByteLevel"' in text:
-        return "gpt2"
-    return "default"
-
-
-def tokenizer_metadata(tokenizer, vocab_size: int) -> dict:
-    """Everything `tokenizer.ggml.*` needs, from a fast tokenizer's tokenizer.json."""
-    if not getattr(tokenizer, "is_fast", False):
-        raise UserError("GGUF export needs a fast tokenizer (tokenizer.json)")
-    backend = json.loads(tokenizer.backend_tokenizer.to_str())
-    model = backend["model"]
-    if model.get("type") != "BPE":
-        raise UserError(
-            f"GGUF export supports byte-level BPE and sentencepiece-style BPE tokenizers; this one is "
-            f"{model.get('type')}. Use --format hf"
-        )
-    kind = "llama" if model.get("byte_fallback") else "gpt2"
-    if kind == "gpt2" and "ByteLevel" not in json.dumps(backend.get("pre_tokenizer")):
-        raise UserError("GGUF export: a BPE tokenizer without byte-level pre-tokenization is not supported; use --format hf")
-
-    by_id = {index: token for token, index in tokenizer.get_vocab().items()}
-    if max(by_id) >= vocab_size:
-        raise UserError(f"the tokenizer has ids up to {max(by_id)} but the model's vocab_size is {vocab_size}")
-    added = {entry["content"]: entry for entry in backend.get("added_tokens", [])}
-    tokens, types, scores = [], [], []
-    for index in range(vocab_size):
-        token = by_id.get(index)
-        if token is None:  # embedding rows past the tokenizer (padded vocabularies)
-            tokens.append(f"[PAD{index}]")
-            types.append(UNUSED)
-        elif kind == "llama" and token.startswith("<0x") and len(token) == 6:  # byte-fallback pieces
-            tokens.append(token)
-            types.append(BYTE)
-        elif token in added:
-            tokens.append(token)
-            types.append(CONTROL if added[token].get("special") else USER_DEFINED)
-        elif token == model.get("unk_token"):
-            tokens.append(token)
-            types.append(UNKNOWN)
-        else:
-            tokens.append(token)
-            types.append(NORMAL)
-        scores.append(-float(index))  # sentencepiece-style priority: earlier tokens merge first
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-
-    probe = tokenizer("a")["input_ids"]
-    meta = {
-        "model": kind,
-        "pre": pre_tokenizer_name(backend) if kind == "gpt2" else "default",
-        "tokens": tokens,
-        "types": types,
-        "scores": scores if kind == "llama" else None,
-        "merges": merges,
-        "add_bos": tokenizer.bos_token_id is not None and bool(probe) and probe[0] == tokenizer.bos_token_id,
-        "add_eos": tokenizer.eos_token_id is not None and bool(probe) and probe[-1] == tokenizer.eos_token_id,
-        "chat_template": tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None,
-    }
-    for name in ("bos", "eos", "unk", "pad"):
-        meta[f"{name}_id"] = getattr(tokenizer, f"{name}_token_id", None)
-    return meta
-
-
-def write_tokenizer(writer, meta: dict) -> None:
-    writer.add_tokenizer_model(meta["model"])
-    writer.add_tokenizer_pre(meta["pre"])
-    writer.add_token_list(meta["tokens"])
-    writer.add_token_types(meta["types"])
-    if meta["scores"] is not None:
-        writer.add_token_scores(meta["scores"])
-    if meta["merges"]:
-        writer.add_token_merges(meta["merges"])
-    for name, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
-                      ("unk", writer.add_unk_token_id), ("pad", writer.add_pad_token_id)):
-        if meta[f"{name}_id"] is not None:
-            add(meta[f"{name}_id"])
-    writer.add_add_bos_token(meta["add_bos"])
-    writer.add_add_eos_token(meta["add_eos"])
-    if meta["model"] == "gpt2":
-        writer.add_add_space_prefix(False)
-    if meta["chat_template"]:
-        writer.add_chat_template(meta["chat_template"])
+    config = model.config
+    n_head = config.num_attention_heads
+    n_kv_head = getattr(config, "num_key_value_heads", None) or n_head
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    if spec.head_must_be_tied and not tied:
+        raise UserError(f"GGUF export: llama.cpp's {spec.gguf_arch.lower()} reuses the embeddings as the output "
+                        "layer; this model has its own lm_head. Use --format hf")
+    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[spec.gguf_arch], config.num_hidden_layers)
+    for hf_name, tensor in model.state_dict().items():
+        if hf_name == "lm_head.weight" and tied:
+            continue
+        gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise UserError(f"GGUF export: no GGUF name for tensor {hf_name}; use --format hf")
+        data = tensor.detach().to("cpu").float().numpy()
+        if spec.permute_qk and ".attn_q." in gguf_name:
+            data = interleave_rope_halves(data, n_head)
+        elif spec.permute_qk and ".attn_k." in gguf_name:
+            data = interleave_rope_halves(data, n_kv_head)
+        if spec.norm_shift and hf_name.endswith("norm.weight"):
+            data = data + spec.norm_shift
+        yield gguf_name, data
 
 
 def write_gguf(model, tokenizer, path: Path, dtype: str = "f16", name: str | None = None) -> Path:
     """Write `model` (a plain, merged HF causal LM) and its tokenizer to `path`, atomically."""
-    import gguf
-
     if dtype not in GGUF_DTYPES:
         raise UserError(f"--dtype {dtype} is not a GGUF type: use one of {', '.join(GGUF_DTYPES)}")
-    config = model.config
-    spec = arch_spec(config)
-    meta = tokenizer_metadata(tokenizer, config.vocab_size)
-    n_head = config.num_attention_heads
-    n_kv_head = getattr(config, "num_key_value_heads", None) or n_head
-    tied = bool(getattr(config, "tie_word_embeddings", False))
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[spec.gguf_arch.upper()], config.num_hidden_layers)
-
+    if dtype in K_QUANTS:
+        require_quantizer(dtype)
+    spec = arch_spec(model)
+    meta = vocab_metadata(tokenizer, model.config.vocab_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.tmp")
-    writer = gguf.GGUFWriter(staging, spec.gguf_arch)
     try:
-        writer.add_name(name or path.stem)
-        write_hyperparameters(writer, config, spec)
+        if dtype in K_QUANTS:  # llama.cpp quantizes best from full precision
+            full = path.with_name(f".{path.name}.f32.tmp")
+            try:
+                write_file(model, spec, meta, full, "f32", name or path.stem)
+                quantize_with_llama_cpp(full, staging, dtype)
+            finally:
+                full.unlink(missing_ok=True)
+        else:
+            write_file(model, spec, meta, staging, dtype, name or path.stem)
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_file(model, spec: ArchSpec, meta: dict, path: Path, dtype: str, name: str) -> None:
+    import gguf
+
+    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[spec.gguf_arch]])
+    try:
+        writer.add_name(name)
+        extra_tensors = write_hyperparameters(writer, model, spec)
         writer.add_file_type(file_type(dtype))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        write_tokenizer(writer, meta)
-        for hf_name, tensor in model.state_dict().items():
-            if hf_name == "lm_head.weight" and tied:
-                continue
-            gguf_name = name_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-            if gguf_name is None:
-                raise UserError(f"GGUF export: no GGUF name for tensor {hf_name}; use --format hf")
-            data = tensor.detach().to("cpu").float().numpy()
-            if spec.permute_qk and ".attn_q." in gguf_name:
-                data = interleave_rope_halves(data, n_head)
-            elif spec.permute_qk and ".attn_k." in gguf_name:
-                data = interleave_rope_halves(data, n_kv_head)
+        write_vocab(writer, meta)
+        for gguf_name, data in extra_tensors.items():
+            writer.add_tensor(gguf_name, data)
+        for gguf_name, data in gguf_tensors(model, spec):
             array, raw_dtype = tensor_payload(data, gguf_name, dtype)
             writer.add_tensor(gguf_name, array, raw_dtype=raw_dtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
+    finally:
         writer.close()
-        os.replace(staging, path)
-    except BaseException:
-        writer.close()
-        staging.unlink(missing_ok=True)
-        raise
-    return path
