@@ -337,38 +337,89 @@ def test_ollama_modelfile_chatml_matches_jinja(tmp_path, llama_adapter, capsys):
     assert render_go_messages(template, messages) == jinja
 
 
-def test_ollama_default_system_prompt_and_llama3(tiny_tokenizer):
+def with_template(tokenizer, template: str, *specials: str):
     import copy
 
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = template
+    if specials:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(specials)})
+    return tokenizer
+
+
+CONVERSATION = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}, {"role": "user", "content": "q"}]
+
+
+def test_ollama_default_system_prompt_and_llama3(tiny_tokenizer):
     from tuneforge.export.ollama import modelfile_text
 
-    smol = copy.deepcopy(tiny_tokenizer)
-    smol.chat_template = (
+    smol = with_template(tiny_tokenizer, (
         "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
         "{{ '<|im_start|>system\nYou are SmolLM.<|im_end|>\n' }}{% endif %}"
         "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ))
+    text = modelfile_text(smol)
+    assert 'SYSTEM """You are SmolLM."""' in text
+    # Ollama puts SYSTEM first when a request has none: the TEMPLATE then renders what the Jinja does.
+    template = re.search(r'TEMPLATE """(.*?)"""', text, re.S).group(1)
+    assert render_go_messages(template, [{"role": "system", "content": "You are SmolLM."}, *CONVERSATION]) == (
+        smol.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
     )
-    assert 'SYSTEM """You are SmolLM."""' in modelfile_text(smol)
 
-    llama3 = copy.deepcopy(tiny_tokenizer)
-    llama3.chat_template = (
+    llama3 = with_template(tiny_tokenizer, (
         "{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + "
         "message['content'] + '<|eot_id|>' }}{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
-    )
+    ))
     text = modelfile_text(llama3)
     assert 'PARAMETER stop "<|eot_id|>"' in text and "SYSTEM" not in text
     template = re.search(r'TEMPLATE """(.*?)"""', text, re.S).group(1)
-    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}, {"role": "user", "content": "q"}]
-    assert render_go_messages(template, messages) == llama3.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=True
+    assert render_go_messages(template, CONVERSATION) == llama3.apply_chat_template(
+        CONVERSATION, tokenize=False, add_generation_prompt=True
     )
 
-    other = copy.deepcopy(tiny_tokenizer)
-    other.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
-    with pytest.raises(UserError, match="ChatML and Llama-3"):
-        modelfile_text(other)
+
+def test_ollama_phi3_template_is_translated(tiny_tokenizer):
+    from tuneforge.export.ollama import modelfile_text
+
+    phi3 = with_template(tiny_tokenizer, (
+        "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+    ), "<|user|>", "<|assistant|>", "<|end|>", "<|system|>")
+    text = modelfile_text(phi3)
+    template = re.search(r'TEMPLATE """(.*?)"""', text, re.S).group(1)
+    messages = [{"role": "system", "content": "Be brief."}, *CONVERSATION]
+    assert render_go_messages(template, messages) == phi3.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True
+    )
+    assert 'PARAMETER stop "<|end|>"' in text
+
+
+def test_ollama_takes_any_other_template_from_the_gguf(tiny_tokenizer):
+    """A template with no plain Go form (Gemma's turns, system folded into the first user turn) is not
+    refused: no TEMPLATE (Ollama reads tokenizer.chat_template from the GGUF), the end-of-turn token the
+    template writes after an answer as stop, and no SYSTEM when the template has no default."""
+    from tuneforge.export.ollama import modelfile_text
+
+    gemma = with_template(tiny_tokenizer, (
+        "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first = messages[0]['content'] + '\n\n' %}"
+        "{% set loop_messages = messages[1:] %}{% else %}{% set first = '' %}{% set loop_messages = messages %}"
+        "{% endif %}{% for message in loop_messages %}"
+        "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+        "{{ '<start_of_turn>' + role + '\n' + (first if loop.first else '') + message['content'] + '<end_of_turn>\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+    ), "<start_of_turn>", "<end_of_turn>")
+    text = modelfile_text(gemma)
+    assert text.startswith("FROM ./model.gguf\n") and "TEMPLATE" not in text.replace("No TEMPLATE", "")
+    assert 'PARAMETER stop "<end_of_turn>"' in text and "SYSTEM" not in text
+
+    # Looks like ChatML but is not (no newline after the role): not translated, still exported.
+    odd = with_template(tiny_tokenizer, (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + ' ' + m['content'] + '<|im_end|>' }}{% endfor %}"
+    ))
+    text = modelfile_text(odd)
+    assert "TEMPLATE \"\"\"" not in text and 'PARAMETER stop "<|im_end|>"' in text
 
 
 def test_sentencepiece_style_tokenizer_round_trips_as_llama_vocab(tmp_path):

@@ -4,7 +4,7 @@
     gguf_writer.py         a merged model (Llama, Mistral, Qwen2/3, Gemma 2/3, Phi-3) -> one GGUF file
     gguf_vocab.py          its tokenizer as GGUF metadata, pre-tokenizer identified as llama.cpp does
     llama_cpp_quantize.py  K-quants through llama.cpp's own quantizer (needs llama-cpp-python)
-    ollama.py              the GGUF + a Modelfile (Go-template TEMPLATE, SYSTEM, stop tokens)
+    ollama.py              the GGUF + a Modelfile (stop tokens, SYSTEM, TEMPLATE where Ollama needs one)
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def export(adapter: str | None, fmt: str, output: str | Path, *, dtype: str | No
     if fmt == "ollama":
         from tuneforge.export.ollama import modelfile_text
 
-        modelfile = modelfile_text(tokenizer)  # refuse an untranslatable template before writing anything
+        modelfile = modelfile_text(tokenizer)
         gguf_path = write_gguf(merged, tokenizer, output / "model.gguf", dtype, name=name)
         (output / "Modelfile").write_text(modelfile)
         return [gguf_path, output / "Modelfile"]
