@@ -4,9 +4,14 @@
 trained positions only, computes logits chunk by chunk, and produces the gradients for the hidden states
 (and the output weight when it is trainable) in the same pass, so backward needs no stored logits.
 With SmolLM2's 49k vocabulary, 2k trained tokens would otherwise hold 400 MB of fp32 logits.
+
+The losses read the output head as an `OutputHead` (weight, bias, logit scale, final softcap), so that
+their logits are the model's own for every architecture (`trainable.output_head` builds it from a model).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -16,53 +21,111 @@ from tuneforge.data.tokenize import IGNORE_INDEX
 DEFAULT_CHUNK_ROWS = 1024
 
 
+@dataclass(frozen=True)
+class OutputHead:
+    """How a model turns a final hidden state h into logits:
+
+        raw = h @ weight.T + bias;   logits = cap * tanh(scale * raw / cap)   (logits = scale * raw without a cap)
+
+    Llama, Qwen, Mistral and Phi-3 heads are the bare matmul (`OutputHead(weight)`); Gemma 2 (and Gemma 3 when
+    its config sets one) caps the logits (`final_logit_softcapping`); Cohere multiplies them by `logit_scale`,
+    Granite divides them by `logits_scaling`; a few heads (Phi-2) carry a bias."""
+
+    weight: torch.Tensor  # [V, H]
+    bias: torch.Tensor | None = None  # [V]
+    scale: float = 1.0
+    softcap: float | None = None
+
+    def raw(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden @ weight.T + bias in the hidden states' dtype (bf16 under autocast)."""
+        raw = hidden @ self.weight.to(hidden.dtype).T
+        return raw if self.bias is None else raw + self.bias.to(hidden.dtype)
+
+    def finish(self, raw: torch.Tensor) -> torch.Tensor:
+        """Scale and cap raw logits, in at least fp32 (tanh and logsumexp want the precision)."""
+        logits = raw.to(torch.promote_types(raw.dtype, torch.float32))
+        if self.scale != 1.0:
+            logits = logits * self.scale
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.finish(self.raw(hidden))
+
+    def slope(self, logits: torch.Tensor) -> torch.Tensor | float | None:
+        """d logits / d raw, from the finished logits: scale * (1 - tanh^2) = scale * (1 - (logits / cap)^2);
+        None where `finish` is the identity (a plain head)."""
+        if self.softcap is not None:
+            return (1.0 - (logits / self.softcap) ** 2) * self.scale
+        return self.scale if self.scale != 1.0 else None
+
+
+def as_output_head(head: OutputHead | torch.Tensor) -> OutputHead:
+    """A bare [V, H] weight is the plain matmul head."""
+    return head if isinstance(head, OutputHead) else OutputHead(head)
+
+
 class _LinearCrossEntropySum(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, chunk_rows):
-        compute_weight = weight.to(hidden.dtype)
-        want_weight_grad = weight.requires_grad
-        grad_hidden = torch.empty_like(hidden)
+    def forward(ctx, hidden, weight, bias, targets, chunk_rows, scale, softcap):
+        head = OutputHead(weight.to(hidden.dtype), bias, scale, softcap)
         accumulate = torch.promote_types(hidden.dtype, torch.float32)
+        want_weight_grad = weight.requires_grad
+        want_bias_grad = bias is not None and bias.requires_grad
+        grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) if want_weight_grad else None
+        grad_bias = torch.zeros(bias.shape, dtype=accumulate, device=bias.device) if want_bias_grad else None
         total = torch.zeros((), dtype=accumulate, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_rows):
             rows = hidden[start : start + chunk_rows]
             target = targets[start : start + chunk_rows]
-            logits = (rows @ compute_weight.T).to(accumulate)
+            logits = head.logits(rows)
             log_norm = torch.logsumexp(logits, dim=-1)
             total += (log_norm - logits.gather(1, target[:, None]).squeeze(1)).sum()
-            # d(sum CE)/d(logits) = softmax - one_hot(target); reuse the logits buffer for it.
+            # Chain rule back to the raw matmul output: d(sum CE)/d(logits) = softmax - one_hot(target), times
+            # d logits / d raw. The slope is read off the logits before their buffer is reused for the softmax
+            # (for a capped head, one more [chunk, V] buffer: lower chunk_rows if that is too much).
+            slope = head.slope(logits)
             probs = logits.sub_(log_norm[:, None]).exp_()
             probs[torch.arange(rows.shape[0], device=rows.device), target] -= 1.0
-            probs = probs.to(hidden.dtype)
-            grad_hidden[start : start + chunk_rows] = probs @ compute_weight
+            grad_raw = (probs if slope is None else probs.mul_(slope)).to(hidden.dtype)
+            grad_hidden[start : start + chunk_rows] = grad_raw @ head.weight
             if want_weight_grad:
-                grad_weight += (probs.T @ rows).to(accumulate)
-        ctx.save_for_backward(grad_hidden, grad_weight if want_weight_grad else torch.empty(0))
-        ctx.want_weight_grad = want_weight_grad
+                grad_weight += (grad_raw.T @ rows).to(accumulate)
+            if want_bias_grad:
+                grad_bias += grad_raw.sum(dim=0).to(accumulate)
+        empty = torch.empty(0)
+        ctx.save_for_backward(grad_hidden, grad_weight if want_weight_grad else empty, grad_bias if want_bias_grad else empty)
+        ctx.want_weight_grad, ctx.want_bias_grad = want_weight_grad, want_bias_grad
         ctx.weight_dtype = weight.dtype
+        ctx.bias_dtype = bias.dtype if bias is not None else None
         return total
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
         grad_weight = (grad_weight * grad_output).to(ctx.weight_dtype) if ctx.want_weight_grad else None
-        return grad_hidden, grad_weight, None, None
+        grad_bias = (grad_bias * grad_output).to(ctx.bias_dtype) if ctx.want_bias_grad else None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
 
-def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> torch.Tensor:
-    """sum_i CE(hidden_i @ weight.T, targets_i) for hidden [N, H], weight [V, H], targets [N]."""
+def linear_cross_entropy_sum(hidden: torch.Tensor, head: OutputHead | torch.Tensor, targets: torch.Tensor,
+                             chunk_rows: int = DEFAULT_CHUNK_ROWS) -> torch.Tensor:
+    """sum_i CE(head.logits(hidden_i), targets_i) for hidden [N, H], targets [N] (a bare weight [V, H] is a plain head)."""
+    head = as_output_head(head)
     if hidden.shape[0] == 0:
-        return hidden.sum() * 0.0 + weight.sum() * 0.0
+        # Zero, but still connected to every trainable head tensor, so DDP / FSDP see a gradient for each.
+        connected = hidden.sum() * 0.0 + head.weight.sum() * 0.0
+        return connected if head.bias is None else connected + head.bias.sum() * 0.0
     if not torch.is_grad_enabled():
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        compute_weight = weight.to(hidden.dtype)
         for start in range(0, hidden.shape[0], chunk_rows):
-            logits = (hidden[start : start + chunk_rows] @ compute_weight.T).float()
+            logits = head.logits(hidden[start : start + chunk_rows]).float()
             total += F.cross_entropy(logits, targets[start : start + chunk_rows], reduction="sum")
         return total
-    return _LinearCrossEntropySum.apply(hidden, weight, targets, chunk_rows)
+    return _LinearCrossEntropySum.apply(hidden, head.weight, head.bias, targets, chunk_rows, head.scale, head.softcap)
 
 
 def shifted_trained_positions(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,12 +135,15 @@ def shifted_trained_positions(hidden: torch.Tensor, labels: torch.Tensor) -> tup
     return hidden[:, :-1][mask], next_labels[mask]
 
 
-def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> torch.Tensor:
+def token_logprobs(hidden: torch.Tensor, head: OutputHead | torch.Tensor, targets: torch.Tensor,
+                   chunk_rows: int = DEFAULT_CHUNK_ROWS) -> torch.Tensor:
     """log p(target_i) for each row, chunked and recomputed in backward (for DPO-style sequence scores)."""
     from torch.utils.checkpoint import checkpoint
 
+    head = as_output_head(head)
+
     def chunk_logprobs(rows, target):
-        logits = (rows @ weight.to(rows.dtype).T).float()
+        logits = head.logits(rows).float()
         return logits.gather(1, target[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
 
     pieces = [
@@ -87,9 +153,9 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
 
 
-def reference_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The plain, memory-hungry formula; used by tests as the independent reference."""
-    return F.cross_entropy((hidden @ weight.T).to(torch.promote_types(hidden.dtype, torch.float32)), targets, reduction="sum")
+def reference_cross_entropy_sum(hidden: torch.Tensor, head: OutputHead | torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The plain, memory-hungry formula (all logits at once, autograd for the gradients); a test reference."""
+    return F.cross_entropy(as_output_head(head).logits(hidden), targets, reduction="sum")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -98,14 +164,14 @@ def reference_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targ
 # whole optimizer step, so micro-batching never changes the update.
 
 
-def sequence_logprobs(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logprobs(hidden: torch.Tensor, head: OutputHead | torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: (sum of log p over the trained answer tokens, number of those tokens).
 
-    hidden [B, T, H] final hidden states, weight [V, H] output head, labels [B, T] with IGNORE_INDEX where
-    no answer token is; position t predicts token t+1 (as in `shifted_trained_positions`)."""
+    hidden [B, T, H] final hidden states, head the output head (or a bare [V, H] weight), labels [B, T] with
+    IGNORE_INDEX where no answer token is; position t predicts token t+1 (as in `shifted_trained_positions`)."""
     next_labels = labels[:, 1:]
     mask = next_labels != IGNORE_INDEX
-    per_token = token_logprobs(hidden[:, :-1][mask], weight, next_labels[mask])
+    per_token = token_logprobs(hidden[:, :-1][mask], head, next_labels[mask])
     rows = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(next_labels)[mask]
     sums = torch.zeros(labels.shape[0], dtype=per_token.dtype, device=per_token.device).index_add(0, rows, per_token)
     return sums, mask.sum(dim=1)
