@@ -3,6 +3,7 @@ the fused losses read (decoder body, output head) and the optimizer over what tr
 
     model, tokenizer, device, dtype = build_model(config)
     optimizer = make_optimizer(model, config)
+    loss = linear_cross_entropy_sum(hidden_at_trained_positions, output_head(model), targets)
 
 Loading itself (resolving `--model`, GGUF conversion, tokenizer) is `tuneforge.models`.
 """
@@ -14,6 +15,8 @@ from contextlib import nullcontext
 import torch
 
 from tuneforge.config import TrainConfig
+from tuneforge.errors import UserError
+from tuneforge.losses import OutputHead
 from tuneforge.models import (
     bf16_is_fast,
     decoder_layers,
@@ -21,6 +24,7 @@ from tuneforge.models import (
     load_adapter,
     load_base_model,
     load_tokenizer,
+    portable_base_name,
     resolve_model,
 )
 
@@ -43,7 +47,7 @@ def build_model(config: TrainConfig, device: str | None = None):
     device = device or default_device()
     dtype = compute_dtype(config, device)
     resolved = resolve_model(config.model)
-    tokenizer = load_tokenizer(resolved.path)
+    tokenizer = load_tokenizer(resolved.path, config.chat_template)
     # Frozen base weights in bf16 (when bf16 is the compute dtype) halve memory and skip per-step casts;
     # anything trained keeps fp32 master weights.
     storage = dtype if not config.full else torch.float32
@@ -67,12 +71,15 @@ def build_model(config: TrainConfig, device: str | None = None):
                 task_type="CAUSAL_LM",
             )
             model = get_peft_model(model, lora)
-        # PEFT records the base path; point it at what a plain `PeftModel.from_pretrained` can load.
+        # PEFT records the base in adapter_config.json: a name a user on another machine can resolve (the hub
+        # id where one is known), not this machine's cache folder; tuneforge itself finds the base from
+        # train_config.json's `model`.
         for peft_config in model.peft_config.values():
-            peft_config.base_model_name_or_path = str(resolved.path)
+            peft_config.base_model_name_or_path = portable_base_name(resolved)
         for parameter in model.parameters():
             if parameter.requires_grad and parameter.dtype != torch.float32:
                 parameter.data = parameter.data.float()
+    check_output_head(model, device, dtype)
     if config.gradient_checkpointing:
         core(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.compile:
@@ -89,16 +96,73 @@ def core(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def decoder_and_head(model):
-    inner = core(model)
-    return inner.get_decoder(), inner.get_output_embeddings()
-
-
 def final_hidden_states(model, batch) -> torch.Tensor:
-    decoder, _ = decoder_and_head(model)
-    return decoder(
+    """What the output head reads: the decoder body's last hidden states (after its final norm)."""
+    return core(model).get_decoder()(
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
     ).last_hidden_state
+
+
+# Architectures whose forward scales the logits after the head matmul, and the factor as that forward computes
+# it: Granite's `logits_scaling` divides, while the same field multiplies in others, so each is listed by name.
+# One missing here (or doing anything else to its logits) is refused by `check_output_head`, never mistrained.
+LOGIT_SCALES = {
+    "cohere": lambda config: config.logit_scale,
+    "cohere2": lambda config: config.logit_scale,
+    "granite": lambda config: 1.0 / config.logits_scaling,
+    "granitemoe": lambda config: 1.0 / config.logits_scaling,
+}
+
+
+def output_head(model) -> OutputHead:
+    """The output head as the fused losses read it: weight, bias, logit scale and final softcap, from the same
+    config fields the architecture's own forward reads. Read on every call, never cached: under FSDP the head's
+    weight is a different tensor inside the forward than outside it."""
+    inner = core(model)
+    head = inner.get_output_embeddings()
+    if hasattr(head, "base_layer"):
+        raise UserError(
+            "lora_target_modules includes the output head: the fused loss reads the head's weight directly and "
+            "would ignore its adapter; leave the head out (the default all-linear does)",
+            code="lora_on_output_head",
+        )
+    config = inner.config.get_text_config()
+    scale = LOGIT_SCALES.get(config.model_type, lambda _: 1.0)(config)
+    return OutputHead(head.weight, getattr(head, "bias", None), float(scale), getattr(config, "final_logit_softcapping", None))
+
+
+CHECK_TOKENS = 16
+
+
+@torch.no_grad()
+def check_output_head(model, device: str, dtype: torch.dtype) -> None:
+    """Refuse a model whose own logits `output_head` does not reproduce: an architecture that does something to
+    its logits tuneforge does not know about would otherwise train on a silently different loss.
+
+    One forward of CHECK_TOKENS tokens in the compute dtype, compared as log-probs (what every loss reads). The
+    tolerance allows the head's own rounding: in bf16 the model rounds its logits (eps 2^-7 relative) where the
+    fused loss finishes them in fp32; a missing scale or cap is off by a large fraction of the logits instead."""
+    head = output_head(model)
+    ids = torch.arange(min(CHECK_TOKENS, head.weight.shape[0]), device=head.weight.device)[None]
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    was_training = model.training
+    model.eval()  # no dropout: both paths must see the same hidden states
+    try:
+        with autocast_for(device, dtype):
+            own = core(model)(**batch, use_cache=False).logits.float()
+            ours = head.logits(final_hidden_states(model, batch)).float()
+    finally:
+        model.train(was_training)
+    gap = float((own.log_softmax(-1) - ours.log_softmax(-1)).abs().max())
+    tolerance = 1e-3 + 4 * torch.finfo(dtype).eps * float(own.abs().max())
+    if not gap <= tolerance:
+        model_type = core(model).config.model_type
+        raise UserError(
+            f"the model's output head (architecture '{model_type}') computes logits tuneforge's fused loss does not "
+            f"reproduce (log-probs differ by up to {gap:.3g}, allowed {tolerance:.3g}): it scales, caps or shifts its "
+            "logits in a way tuneforge does not know; please report the architecture",
+            code="unsupported_output_head",
+        )
 
 
 def make_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:

@@ -30,15 +30,14 @@ from tuneforge.data.formats import load_preference_pairs
 from tuneforge.data.preference import TokenizedPair, tokenize_pairs
 from tuneforge.losses import chosen_nll, dpo_sigmoid_loss, ipo_loss, sequence_logprobs, simpo_loss
 from tuneforge.recipes import run
-from tuneforge.trainable import autocast_for, build_model, decoder_and_head, final_hidden_states
+from tuneforge.trainable import autocast_for, build_model, final_hidden_states, output_head
 
 
 def pair_logprobs(model, pairs: list[TokenizedPair], pad_id: int, device: str) -> tuple[torch.Tensor, ...]:
     """(chosen sums, rejected sums, chosen token counts, rejected token counts) in one forward pass."""
     batch = collate([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id, device)
     hidden = final_hidden_states(model, batch)
-    _, head = decoder_and_head(model)
-    sums, counts = sequence_logprobs(hidden, head.weight, batch["labels"])
+    sums, counts = sequence_logprobs(hidden, output_head(model), batch["labels"])
     n = len(pairs)
     return sums[:n], sums[n:], counts[:n], counts[n:]
 

@@ -37,7 +37,7 @@ from tuneforge.errors import UserError
 from tuneforge.generation import generate_ids
 from tuneforge.losses import group_advantages, grpo_token_loss, shifted_trained_positions, token_logprobs
 from tuneforge.recipes import run
-from tuneforge.trainable import autocast_for, build_model, decoder_and_head, final_hidden_states
+from tuneforge.trainable import autocast_for, build_model, final_hidden_states, output_head
 
 REFERENCE_ADAPTER = "reference"
 
@@ -81,8 +81,7 @@ def completion_logprobs(model, examples: list[TokenizedExample], pad_id: int, de
     batch = collate(examples, pad_id, device)
     hidden = final_hidden_states(model, batch)
     trained_hidden, targets = shifted_trained_positions(hidden, batch["labels"])
-    _, head = decoder_and_head(model)
-    return token_logprobs(trained_hidden, head.weight, targets)
+    return token_logprobs(trained_hidden, output_head(model), targets)
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from tuneforge.data.tokenize import TokenizedExample, tokenize_conversation
 from tuneforge.errors import UserError
 from tuneforge.losses import linear_cross_entropy_sum, shifted_trained_positions
 from tuneforge.recipes import run
-from tuneforge.trainable import autocast_for, build_model, decoder_and_head, final_hidden_states
+from tuneforge.trainable import autocast_for, build_model, final_hidden_states, output_head
 
 
 def tokenize_all(tokenizer, conversations: list[Conversation], max_length: int, path: str) -> list[TokenizedExample]:
@@ -50,8 +50,7 @@ def tokenize_all(tokenizer, conversations: list[Conversation], max_length: int, 
 def micro_batch_loss_sum(model, batch) -> tuple[torch.Tensor, int]:
     hidden = final_hidden_states(model, batch)
     trained_hidden, targets = shifted_trained_positions(hidden, batch["labels"])
-    _, head = decoder_and_head(model)
-    return linear_cross_entropy_sum(trained_hidden, head.weight, targets), targets.numel()
+    return linear_cross_entropy_sum(trained_hidden, output_head(model), targets), targets.numel()
 
 
 class TrainedTokenLoss(torch.nn.Module):
