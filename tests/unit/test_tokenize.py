@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tuneforge.data.tokenize import IGNORE_INDEX, tokenize_conversation, tokenize_prompt, trained_spans
+from tuneforge.data.tokenize import (
+    IGNORE_INDEX,
+    tokenize_conversation,
+    tokenize_conversation_examples,
+    tokenize_prompt,
+    trained_spans,
+)
 from tuneforge.errors import UserError
 
 
@@ -72,11 +78,13 @@ def test_truncation_counts_cut_tokens(tiny_tokenizer):
     assert len(example.input_ids) == 12 and example.truncated_tokens == 6
 
 
-def test_template_that_rewrites_history_is_refused(tiny_tokenizer):
+def test_template_whose_prompt_changes_once_the_answer_follows_is_refused(tiny_tokenizer):
+    """Brackets around the last message: the prompt "[a]" the model sees is not where the answer "a[b]" starts,
+    so no sequence can train the answer after its own prompt (a template that only rewrites earlier turns is
+    handled instead: tests/unit/test_chat_templates.py)."""
     import copy
 
     tokenizer = copy.deepcopy(tiny_tokenizer)
-    # A template that renders the last message differently from earlier ones (not prefix-stable).
     tokenizer.chat_template = (
         "{% for m in messages %}{% if loop.last %}[{{ m['content'] }}]{% else %}{{ m['content'] }}{% endif %}{% endfor %}"
     )
@@ -84,3 +92,5 @@ def test_template_that_rewrites_history_is_refused(tiny_tokenizer):
                 {"role": "assistant", "content": "d"}]
     with pytest.raises(UserError, match="prefix-stable"):
         trained_spans(tokenizer, messages)
+    with pytest.raises(UserError, match="prefix-stable"):
+        tokenize_conversation_examples(tokenizer, messages[:2])

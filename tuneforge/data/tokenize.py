@@ -1,11 +1,27 @@
 """Conversations -> (input_ids, labels): the model's own chat template, loss only on trained assistant turns.
 
+    examples = tokenize_conversation_examples(tokenizer, messages, tools, max_length)   # what training uses
+
 How the mask is found without `{% generation %}` markers: for every trained assistant turn i we render
 the conversation up to turn i with the generation prompt (what the model sees before it answers) and up
 to and including turn i. The characters between the two renders are the answer plus the template's
 end-of-turn text; trailing whitespace after the end-of-turn token is not trained (the template adds it,
 the model never has to produce it). The text is then tokenised segment by segment, so the prompt tokens
 are exactly those the model gets at inference (`apply_chat_template(..., add_generation_prompt=True)`).
+
+Templates that rewrite history. Some templates render an earlier turn differently once later turns follow:
+Qwen3's drops the <think>...</think> reasoning of every assistant turn before the last user message (and
+gives the final turn an empty think block when it has none). Turn i then reads one way when the model writes
+it (its render through turn i) and another in the full conversation, and no single sequence holds both.
+A turn is trained only inside a sequence whose text starts with that turn's own render through it, so its
+trained tokens are exactly what the model would generate for it in context. The full conversation serves
+the last trained turn and every earlier turn the template left as it was; each remaining turn, latest first,
+gets the conversation rendered through it, which serves it and the untouched turns before it. A prefix-stable
+template (ChatML, Llama 3, ...) therefore gives one sequence, as it always has; Qwen3 with reasoning in every
+turn gives one per assistant turn (the prompt tokens repeat, the trained tokens do not).
+`tokenize_conversation` is the one-sequence view for callers that need one (DPO answers, previews, replay)
+and refuses a conversation that needs more. A template whose generation prompt is not where the answer
+starts (the prompt itself changes once the answer follows) cannot be masked at all and is refused.
 """
 
 from __future__ import annotations
@@ -56,35 +72,67 @@ def render(tokenizer, messages: list[dict], tools=None, add_generation_prompt: b
     return text
 
 
-def trained_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, list[tuple[int, int]]]:
-    """The full rendered text and the [start, end) character spans that carry loss."""
+@dataclass
+class _Turn:
+    before: str  # the conversation before the turn with the generation prompt: what the model sees
+    through: str  # the conversation through the turn
+
+    @property
+    def span(self) -> tuple[int, int]:
+        return len(self.before), len(self.through.rstrip())
+
+
+def trained_sequences(tokenizer, messages: list[dict], tools=None) -> list[tuple[str, list[tuple[int, int]]]]:
+    """The rendered texts to train on, each with the [start, end) character spans that carry loss, in
+    conversation order: one text for a prefix-stable template, more where it rewrites earlier turns."""
     full = render(tokenizer, messages, tools)
-    spans = []
+    turns = []
     for index, message in enumerate(messages):
         if message["role"] != "assistant" or message.get("weight", 1) == 0:
             continue
         before = render(tokenizer, messages[:index], tools, add_generation_prompt=True)
         # The last turn's "through" render is the full render (the common single-turn case: 2 renders, not 3).
         through = full if index == len(messages) - 1 else render(tokenizer, messages[: index + 1], tools)
-        if not (through.startswith(before) and full.startswith(through)):
+        if not through.startswith(before):
             raise UserError(
-                "the model's chat template renders earlier turns differently once later turns follow, so the "
-                "trained tokens cannot be located; train on single-turn examples or give a model whose template "
-                "is prefix-stable",
+                "the model's chat template renders the prompt before an assistant turn differently once the answer "
+                "follows it, so the answer's tokens cannot be located; give a model whose template is prefix-stable "
+                "(its generation prompt ends where the answer starts)",
                 code="template_not_prefix_stable",
             )
-        end = len(through.rstrip())
-        if end > len(before):
-            spans.append((len(before), end))
-    return full, spans
+        turns.append(_Turn(before, through))
+    if not turns:
+        return [(full, [])]
+    sequences = []
+    text = full if full.startswith(turns[-1].through) else turns[-1].through
+    while turns:
+        # The latest turn left always fits `text`; earlier ones fit where the template did not rewrite them.
+        served = [turn for turn in turns if text.startswith(turn.through)]
+        sequences.append((text, [turn.span for turn in served if turn.span[1] > turn.span[0]]))
+        turns = [turn for turn in turns if not text.startswith(turn.through)]
+        if turns:
+            text = turns[-1].through
+    return sequences[::-1]
 
 
-def tokenize_conversation(tokenizer, messages: list[dict], tools=None, max_length: int | None = None) -> TokenizedExample:
-    full, spans = trained_spans(tokenizer, messages, tools)
+def trained_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, list[tuple[int, int]]]:
+    """The full rendered text and the [start, end) character spans that carry loss (one sequence)."""
+    sequences = trained_sequences(tokenizer, messages, tools)
+    if len(sequences) > 1:
+        raise UserError(
+            f"the model's chat template rewrites earlier assistant turns once later ones follow, so this "
+            f"conversation trains as {len(sequences)} sequences (one per rewritten turn) where one is needed; "
+            "give the turns as separate examples, or weight 0 on all but the last",
+            code="template_not_prefix_stable",
+        )
+    return sequences[0]
+
+
+def _tokenize_spans(tokenizer, text: str, spans: list[tuple[int, int]], max_length: int | None) -> TokenizedExample:
     pieces: list[tuple[str, bool]] = []
     cursor = 0
-    for start, end in [*spans, (len(full), len(full))]:
-        pieces += [(piece, trained) for piece, trained in ((full[cursor:start], False), (full[start:end], True)) if piece]
+    for start, end in [*spans, (len(text), len(text))]:
+        pieces += [(piece, trained) for piece, trained in ((text[cursor:start], False), (text[start:end], True)) if piece]
         cursor = end
     input_ids: list[int] = []
     labels: list[int] = []
@@ -102,6 +150,19 @@ def tokenize_conversation(tokenizer, messages: list[dict], tools=None, max_lengt
         truncated = len(input_ids) - max_length
         input_ids, labels = input_ids[:max_length], labels[:max_length]
     return TokenizedExample(input_ids, labels, truncated)
+
+
+def tokenize_conversation_examples(tokenizer, messages: list[dict], tools=None,
+                                   max_length: int | None = None) -> list[TokenizedExample]:
+    """Every sequence a conversation trains as (one unless the template rewrites history), each cut to max_length."""
+    return [_tokenize_spans(tokenizer, text, spans, max_length)
+            for text, spans in trained_sequences(tokenizer, messages, tools)]
+
+
+def tokenize_conversation(tokenizer, messages: list[dict], tools=None, max_length: int | None = None) -> TokenizedExample:
+    """The conversation as one sequence; refused (UserError) where the template rewrites a trained turn."""
+    full, spans = trained_spans(tokenizer, messages, tools)
+    return _tokenize_spans(tokenizer, full, spans, max_length)
 
 
 def tokenize_prompt(tokenizer, messages: list[dict], tools=None) -> list[int]:

@@ -22,7 +22,7 @@ from tuneforge.config import TrainConfig
 from tuneforge.data.batching import collate, count_trained_targets, plan_epoch, split_micro_batches
 from tuneforge.data.formats import Conversation, load_conversations
 from tuneforge.data.replay import BUILTIN_SELF, GENERAL_PROMPTS, SELF_REPLAY_MAX_NEW_TOKENS, replay_examples
-from tuneforge.data.tokenize import TokenizedExample, tokenize_conversation
+from tuneforge.data.tokenize import TokenizedExample, tokenize_conversation_examples
 from tuneforge.errors import UserError
 from tuneforge.losses import linear_cross_entropy_sum, shifted_trained_positions
 from tuneforge.recipes import run
@@ -33,17 +33,18 @@ def tokenize_all(tokenizer, conversations: list[Conversation], max_length: int, 
     examples = []
     for conversation in conversations:
         try:
-            example = tokenize_conversation(tokenizer, conversation.messages, conversation.tools, max_length)
+            found = tokenize_conversation_examples(tokenizer, conversation.messages, conversation.tools, max_length)
         except UserError as exc:
             raise UserError(exc.bare_message, path=path, line=conversation.line, code=exc.code) from None
-        if example.n_trained == 0:
+        if not any(example.n_trained for example in found):
             raise UserError(
                 "no trained tokens after rendering and truncation",
                 path=path,
                 line=conversation.line,
                 code="no_trained_tokens",
             )
-        examples.append(example)
+        # More than one where the chat template rewrites earlier turns (see data/tokenize.py).
+        examples.extend(example for example in found if example.n_trained)
     return examples
 
 
