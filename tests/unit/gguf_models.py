@@ -79,7 +79,9 @@ def tiny_bpe_model(architecture: str, folder: Path, tokenizer=None) -> Path:
 
     The embedding (and an untied head) are redrawn with a fixed seed for the new vocabulary size:
     `resize_token_embeddings`' own new rows are the old mean plus noise of ~1e-5, so every new token
-    would look alike and argmax comparisons would be decided by that noise.
+    would look alike and argmax comparisons would be decided by that noise. Norm weights are moved off
+    their init (all ones, or all zeros for Gemma's 1 + w), which would hide a writer that drops, swaps
+    or mis-shifts them.
     """
     from transformers import AutoModelForCausalLM
 
@@ -96,6 +98,9 @@ def tiny_bpe_model(architecture: str, folder: Path, tokenizer=None) -> Path:
             layers.append(model.get_output_embeddings())
         for layer in layers:
             layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * std)
+        for name, weight in model.named_parameters():
+            if name.endswith("norm.weight"):
+                weight.add_(torch.randn(weight.shape, generator=generator) * 0.2)
     for name in ("bos", "eos", "pad"):
         setattr(model.config, f"{name}_token_id", getattr(tokenizer, f"{name}_token_id"))
         setattr(model.generation_config, f"{name}_token_id", getattr(tokenizer, f"{name}_token_id"))
