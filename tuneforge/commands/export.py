@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 
-from tuneforge.export import FORMATS
+from tuneforge.export import DTYPES, FORMATS
 
 
 def add_export_command(subparsers) -> None:
     p = subparsers.add_parser("export", help="merge an adapter and write an HF folder, a GGUF file or an Ollama model")
     p.add_argument("--adapter", help="LoRA adapter dir or full fine-tuned model dir (omit to export --model as is)")
     p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--dtype", choices=("f16", "bf16", "q8_0", "f32"),
-                   help="tensor type (default f32 for hf, f16 for gguf, q8_0 for ollama; q8_0 is GGUF-only)")
+    p.add_argument("--dtype", choices=DTYPES,
+                   help="tensor type (default f32 for hf, f16 for gguf, q8_0 for ollama; q8_0 and the K-quants "
+                        "q4_k_m, q5_k_m, q6_k are GGUF-only, the K-quants through llama.cpp's quantizer, which "
+                        "needs llama-cpp-python: scripts/install_llama_cpp.sh)")
     p.add_argument("--output", required=True, help="output folder (or a .gguf path for --format gguf)")
     p.add_argument("--model", help="base model (default: the one the adapter was trained on)")
     p.set_defaults(func=run_export)
