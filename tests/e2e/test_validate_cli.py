@@ -1,4 +1,5 @@
-"""`tuneforge validate` on the demo data with the real embedded model: clean report, auto epochs, a measured estimate."""
+"""`tuneforge validate --estimate` on the demo data with the real embedded model: clean report, auto epochs, a
+measured estimate of the run `train` would do (3 epochs)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_validate_support_tickets_with_the_embedded_model():
     done = subprocess.run(
         [sys.executable, "-m", "tuneforge", "validate", "examples/support_tickets/train.jsonl",
-         "--model", "smollm2-135m-instruct", "--json", "--max-length", "512"],
+         "--model", "smollm2-135m-instruct", "--json", "--max-length", "512", "--estimate"],
         capture_output=True, text=True, cwd=ROOT, timeout=900,
     )
     assert done.returncode == 0, done.stderr[-2000:]

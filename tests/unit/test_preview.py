@@ -39,3 +39,12 @@ def test_preview_command(tmp_path, tiny_model_dir, capsys):
     out = capsys.readouterr().out
     assert "line 1: " in out and "⟦b<|im_end|>⟧" in out and "line 2" not in out
     assert 'class="t y"' in out_html.read_text()
+
+
+def test_preview_reads_other_containers_and_names_rows(tmp_path, tiny_tokenizer):
+    from tests.unit.test_data_sources import write_container
+
+    sharegpt = [{"conversations": [{"from": "human", "value": "what is a"}, {"from": "gpt", "value": "b"}]}] * 2
+    (first, second) = preview_examples(write_container(tmp_path / "d.parquet", sharegpt, "parquet"), tiny_tokenizer, n=2)
+    assert (first.title, second.title) == ("row 0", "row 1")
+    assert "⟦b<|im_end|>⟧" in format_text(first, color=False)

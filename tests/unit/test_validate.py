@@ -246,7 +246,8 @@ def test_validation_file_errors_carry_the_file(tmp_path, tiny_tokenizer):
     valid = write_jsonl(tmp_path / "valid.jsonl", [good(50), {"messages": []}])
     report = validate_file(train, "sft", tiny_tokenizer, validation_file=valid)
     assert [e.to_dict() for e in report.errors] == [
-        {"line": 2, "code": "missing_messages", "message": "'messages' must be a non-empty list of messages", "file": "validation"}]
+        {"line": 2, "code": "missing_messages", "message": "'messages' must be a non-empty list of messages",
+         "where": "line 2", "fix": CODES["missing_messages"][2], "file": "validation"}]
 
 
 def test_short_empty_answers_and_role_repeats_are_warnings(tmp_path, tiny_tokenizer):
@@ -295,9 +296,11 @@ def test_auto_epochs_follows_openais_rule(n, epochs):
 
 
 def test_every_code_is_documented_in_docs_data_md():
+    """docs/data.md's table is CODES row for row: severity, meaning and the fix the report prints."""
     text = (Path(__file__).parents[2] / "docs" / "data.md").read_text()
-    rows = dict(re.findall(r"^\| `([a-z_]+)` \| (error|warning) \|", text, flags=re.M))
-    assert rows == {code: severity for code, (severity, _, _) in CODES.items()}
+    rows = {code: (severity, meaning, fix) for code, severity, meaning, fix in
+            re.findall(r"^\| `([a-z_]+)` \| (error|warning) \| (.*) \| (.*) \|$", text, flags=re.M)}
+    assert rows == CODES
 
 
 # ---- the command --------------------------------------------------------------------------------------
@@ -317,21 +320,68 @@ def test_cli_json_is_one_object_and_exit_codes(tmp_path, tiny_model_dir, capsys)
     for key in ("n_tokens", "n_trained_tokens", "warnings", "estimate", "tokens_per_example", "auto_epochs"):
         assert key in report
 
+    assert (report["container"], report["positions"], report["format"], report["formats"]) == ("jsonl", "line", "chat",
+                                                                                              {"chat": 12})
+
     bad = file_with(tmp_path, {"messages": []}, at_line=7, name="bad.jsonl")
     code, out, _ = run_cli(capsys, bad, "--model", tiny_model_dir, "--json", "--no-estimate")
     assert code == 1 and json.loads(out)["errors"] == [
-        {"line": 7, "code": "missing_messages", "message": "'messages' must be a non-empty list of messages"}]
+        {"line": 7, "code": "missing_messages", "message": "'messages' must be a non-empty list of messages",
+         "where": "line 7", "fix": "give a non-empty list of messages"}]
 
     code, out, err = run_cli(capsys, tmp_path / "missing.jsonl", "--json")
     assert code == 2 and out == "" and "file not found" in err
 
     code, out, _ = run_cli(capsys, bad, "--model", tiny_model_dir, "--no-estimate")
-    assert code == 1 and "line 7" in out and "[missing_messages]" in out
+    assert code == 1 and "  error: line 7: " in out and "[missing_messages]" in out
+    assert "  fix [missing_messages]: give a non-empty list of messages" in out.splitlines()
+
+
+def test_the_fix_of_each_code_is_printed_once(tmp_path, tiny_model_dir, capsys):
+    rows = [good(i) for i in range(12)]
+    rows[2] = rows[5] = {"messages": []}
+    rows[8] = {"messages": [msg("user"), msg("assistant", weight=5)]}
+    code, out, _ = run_cli(capsys, write_jsonl(tmp_path / "bad.jsonl", rows), "--model", tiny_model_dir)
+    fixes = [line for line in out.splitlines() if line.startswith("  fix")]
+    assert code == 1 and fixes == [f"  fix [{c}]: {CODES[c][2]}" for c in ("missing_messages", "bad_weight", "duplicate")]
+
+
+def test_plain_validate_loads_no_model_weights_and_estimates_nothing(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """Before any compute: the default answers from the tokenizer alone; --no-estimate stays accepted."""
+    import tuneforge.trainable
+
+    monkeypatch.setattr(tuneforge.trainable, "build_model", lambda *a, **k: pytest.fail("the model was built"))
+    clean = write_jsonl(tmp_path / "clean.jsonl", [good(i) for i in range(12)])
+    for extra in ([], ["--no-estimate"]):
+        code, out, _ = run_cli(capsys, clean, "--model", tiny_model_dir, "--json", *extra)
+        assert code == 0 and json.loads(out)["estimate"] == {}
+    code, out, _ = run_cli(capsys, clean, "--model", tiny_model_dir)
+    assert "not estimated (--estimate loads the model" in out
+    with pytest.raises(SystemExit) as stop:
+        run_cli(capsys, clean, "--estimate", "--no-estimate")
+    assert stop.value.code == 2
+
+
+def test_the_service_command_line_still_works(tmp_path):
+    """tuneforge/service/file_validation.py runs `validate FILE --json --no-estimate --method M --min-examples N`."""
+    import sys
+
+    from tuneforge.service.file_validation import run_validator
+
+    clean = write_jsonl(tmp_path / "file-abc", [good(i) for i in range(12)])  # stored uploads have no suffix
+    report, problem = run_validator([sys.executable, "-m", "tuneforge", "validate"], clean, method="sft",
+                                    param="training_file")
+    assert problem is None and report["ok"] and report["n_examples"] == 12 and report["estimate"] == {}
 
 
 def test_cli_estimate_is_measured_on_the_model(tmp_path, tiny_model_dir, capsys):
+    """--estimate times the run `train` would do: TrainConfig's epochs (3), not the 'auto' rule (8 for 12 rows)."""
     clean = write_jsonl(tmp_path / "clean.jsonl", [good(i) for i in range(12)])
-    code, out, _ = run_cli(capsys, clean, "--model", tiny_model_dir, "--json", "--epochs", "2")
+    code, out, _ = run_cli(capsys, clean, "--model", tiny_model_dir, "--json", "--estimate")
+    report = json.loads(out)
+    assert code == 0 and report["auto_epochs"] == 8 and report["estimate"]["epochs"] == 3.0
+    assert report["estimate"]["train_tokens"] == 3 * report["n_tokens"]
+    code, out, _ = run_cli(capsys, clean, "--model", tiny_model_dir, "--json", "--estimate", "--epochs", "2")
     estimate = json.loads(out)["estimate"]
     assert code == 0, estimate
     assert estimate["epochs"] == 2 and estimate["device"] in ("cpu", "cuda")

@@ -39,12 +39,15 @@ pair_rows = st.fixed_dictionaries({"prompt": st.one_of(TEXT, messages, json_valu
                                    "chosen": st.one_of(TEXT, json_values), "rejected": json_values})
 
 
-def check(tmp_path, data: bytes, method: str, tokenizer=TOKENIZER):
-    path = tmp_path / "fuzz.jsonl"
+def check(tmp_path, data: bytes, method: str, tokenizer=TOKENIZER, name: str = "fuzz.jsonl"):
+    path = tmp_path / name
     path.write_bytes(data)
     report = validate_file(path, method, tokenizer, max_length=16)
     out = json.loads(json.dumps(report.to_dict()))
-    assert all(f["code"] in CODES and isinstance(f["line"], int) for f in out["errors"] + out["warnings"])
+    for finding in out["errors"] + out["warnings"]:
+        assert finding["code"] in CODES and finding["fix"] == CODES[finding["code"]][2]
+        # a line number wherever the file has lines; only Parquet rows have none
+        assert isinstance(finding["line"], int) or (name.endswith(".parquet") and isinstance(finding["row"], int))
     return out
 
 
@@ -53,6 +56,14 @@ def check(tmp_path, data: bytes, method: str, tokenizer=TOKENIZER):
 def test_random_bytes_never_raise(tmp_path, data):
     check(tmp_path, data, "sft")
     check(tmp_path, data, "dpo", tokenizer=None)
+
+
+@SETTINGS
+@given(data=st.one_of(st.binary(max_size=300), st.lists(json_values, max_size=4).map(lambda r: json.dumps(r).encode()),
+                      st.text(max_size=200).map(lambda t: ("a,b\n" + t).encode("utf-8", "surrogatepass"))),
+       name=st.sampled_from(["fuzz.json", "fuzz.csv", "fuzz.tsv", "fuzz.parquet", "fuzz"]))
+def test_any_bytes_under_any_container_name_never_raise(tmp_path, data, name):
+    check(tmp_path, data, "sft", tokenizer=None, name=name)
 
 
 @SETTINGS

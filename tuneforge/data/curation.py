@@ -1,7 +1,10 @@
 """Produce clean files:  tuneforge split FILE --validation-fraction 0.1 --seed 42 --train-out A --validation-out B
                          tuneforge dedup FILE --output OUT [--near]
 
-Lines are copied byte for byte (no re-serialisation), so a split or dedup never changes an example.
+Lines of a JSONL file are copied byte for byte (no re-serialisation), so a split or dedup never changes an
+example; another container (CSV, Parquet, ...) is refused, naming `tuneforge convert`. Outputs are
+written through `outputs.replacing`, so an output may be the input (dedup in place, split with
+--train-out FILE); two outputs that are one file are refused before anything is written.
 The duplicate keys defined here are the ones `tuneforge validate` warns about, so a file written by
 `dedup` (or `dedup --near`) validates without duplicate (or near-duplicate) warnings.
 """
@@ -17,6 +20,8 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+from tuneforge.data.outputs import refuse_same, replacing
+from tuneforge.data.readers import CONTAINERS, detect_container
 from tuneforge.errors import UserError
 
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
@@ -71,38 +76,49 @@ def split_validation(items: list, fraction: float, seed: int) -> tuple[list, lis
     return train, valid
 
 
-def _read_lines(path: str | Path) -> list[bytes]:
+def require_jsonl(path: str | Path, verb: str) -> Path:
+    """The path of a JSONL file, else a usage error that says what it is and how to get JSONL."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError("file not found", path=str(path))
+    container = "datasets" if path.is_dir() else detect_container(path)[0]
+    if container != "jsonl":
+        raise UserError(f"this is {CONTAINERS[container]}; {verb} copies JSONL lines byte for byte: convert it "
+                        f"first (tuneforge convert {path} {path.with_suffix('.jsonl')})", path=str(path))
+    return path
+
+
+def _read_lines(path: Path) -> list[bytes]:
     with path.open("rb") as handle:
-        return [line if line.endswith(b"\n") else line + b"\n" for line in handle if line.strip()]
+        lines = [line if line.endswith(b"\n") else line + b"\n" for line in handle if line.strip()]
+    if lines:  # a byte-order mark belongs to the file's start, not to the example that happens to be first
+        lines[0] = lines[0].removeprefix(b"\xef\xbb\xbf")
+    return lines
 
 
 def split_file(path, validation_fraction: float, seed: int, train_out, validation_out) -> tuple[int, int]:
     """Deterministic by seed, with the same rule `train --validation-split` uses (`split_validation`)."""
     if not 0 < validation_fraction < 1:
         raise UserError(f"--validation-fraction must be between 0 and 1, got {validation_fraction}")
-    lines = _read_lines(path)
+    refuse_same(train_out, validation_out, "--train-out and --validation-out are the same file: give two names")
+    lines = _read_lines(require_jsonl(path, "split"))
     if len(lines) < 2:
         raise UserError("need at least 2 examples to split", path=str(path))
     train, valid = split_validation(lines, validation_fraction, seed)
-    for out, chunk in ((train_out, train), (validation_out, valid)):
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_bytes(b"".join(chunk))
+    # The whole input is in memory: either output may be the input, each renamed into place when complete.
+    with replacing(train_out) as train_writer, replacing(validation_out) as valid_writer:
+        train_writer.write(b"".join(train))
+        valid_writer.write(b"".join(valid))
     return len(train), len(valid)
 
 
 def dedup_file(path, output, near: bool = False) -> dict:
     """Keep the first occurrence of each example; unparseable lines are kept (validate reports them)."""
-    source = Path(path)
-    if not source.is_file():
-        raise UserError("file not found", path=str(source))
+    source = require_jsonl(path, "dedup")
     key_of = near_key if near else exact_key
     seen: set[int] = set()
     kept = dropped = 0
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    with source.open("rb") as reader, Path(output).open("wb") as writer:
+    with source.open("rb") as reader, replacing(output) as writer:  # --output may be the input
         for raw in reader:
             if not raw.strip():
                 continue

@@ -1,23 +1,29 @@
 """The vocabulary of `tuneforge validate`: every finding code with its severity, meaning and fix.
 
-    tuneforge validate train.jsonl --json      # each finding: {"line", "code", "message"}
+    tuneforge validate train.jsonl --json      # each finding: {"line", "code", "message", "where", "fix"}
 
-`CODES` is the one table of codes: row_checks.py and validate.py report them, docs/data.md renders the
-table (a test checks the two agree), and `Finding.severity` reads it.
+`CODES` is the one table of codes: readers.py, row_checks.py and validate.py report them, docs/data.md
+renders the table (a test checks the two agree), `Finding.severity` reads it, and the report prints each
+code's fix.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tuneforge.data.readers import Row, describe
+
 MIN_EXAMPLES = 10
 SHORT_ANSWER_CHARS = 3
 
 # code -> (severity, meaning, how to fix). docs/data.md renders this table; tests check they agree.
 CODES: dict[str, tuple[str, str, str]] = {
-    "invalid_json": ("error", "the line is not valid JSON (or not UTF-8)", "write exactly one JSON object per line"),
+    "invalid_json": ("error", "the line (or the JSON file) is not valid JSON, or not UTF-8",
+                     "JSONL: exactly one JSON object per line; a JSON file: fix the syntax where the message says"),
     "not_object": ("error", "the line is JSON but not an object", "wrap the example in {...}"),
-    "unknown_format": ("error", "the object has none of the known shapes", "use {\"messages\": [...]} or prompt/completion"),
+    "unknown_format": ("error", "the object has none of the known shapes",
+                       "use one of the formats in docs/data.md, e.g. {\"messages\": [...]}"),
+    "missing_field": ("error", "a field the row's format needs is missing", "add it (docs/data.md lists each format's fields)"),
     "wrong_method": ("error", "a preference row in an SFT file", "train it with --method dpo, or convert it to messages"),
     "missing_messages": ("error", "'messages' is missing, not a list, or empty", "give a non-empty list of messages"),
     "bad_message": ("error", "a message is not an object", "each message is {\"role\": ..., \"content\": ...}"),
@@ -42,6 +48,12 @@ CODES: dict[str, tuple[str, str, str]] = {
     "end_of_turn_not_trained": ("error", "the end-of-turn token of a trained answer is not trained: the model would "
                                 "never learn to stop", "use a model whose chat template closes assistant turns"),
     "too_few_examples": ("error", f"fewer than {MIN_EXAMPLES} examples", f"give at least {MIN_EXAMPLES} examples"),
+    "bad_cells": ("error", "a CSV/TSV row has more or fewer cells than the header has columns, or is unreadable",
+                  "quote every cell that holds the delimiter, a quote or a line break"),
+    "unreadable_file": ("error", "the file cannot be read as what it is (Parquet, a datasets folder)",
+                        "write the file again; check it is complete"),
+    "container_mismatch": ("warning", "the content is another container than the file's name says (a CSV or a JSON "
+                           "array named .jsonl)", "rename the file, or write JSONL: tuneforge convert FILE OUT.jsonl"),
     "too_long": ("warning", "the example is longer than --max-length; its end will be cut",
                  "shorten it, split it, or raise --max-length"),
     "duplicate": ("warning", "the same example appears earlier", "tuneforge dedup FILE --output OUT"),
@@ -61,7 +73,7 @@ CODES: dict[str, tuple[str, str, str]] = {
 
 @dataclass
 class Finding:
-    line: int  # 1-based; 0 means the file as a whole
+    line: int | Row  # a JSONL line (1-based) or a readers.Row; 0 means the file as a whole
     code: str
     message: str
     file: str | None = None  # "validation" for findings in --validation-file
@@ -70,8 +82,18 @@ class Finding:
     def severity(self) -> str:
         return CODES[self.code][0]
 
+    @property
+    def fix(self) -> str:
+        return CODES[self.code][2]
+
     def to_dict(self) -> dict:
-        out = {"line": self.line, "code": self.code, "message": self.message}
+        """`line` is the line number wherever there is one (null in Parquet and datasets rows, 0 for the file);
+        `row` the 0-based row index in containers other than JSONL; `where` says it in words."""
+        if isinstance(self.line, Row):
+            out = {"line": self.line.line, "row": self.line.index}
+        else:
+            out = {"line": self.line}
+        out.update(code=self.code, message=self.message, where=describe(self.line), fix=self.fix)
         if self.file:
             out["file"] = self.file
         return out

@@ -1,28 +1,46 @@
-"""Rows of a JSONL file -> conversations (the first pure step of the data pipeline).
+"""Rows -> conversations and preference pairs (the first pure step of the data pipeline).
 
-Accepted formats (OpenAI's fine-tuning formats):
+    readers.py (any container -> rows) -> layouts.py (other tools' layouts -> these) -> this module -> tokenize.py
+
+Formats read natively (OpenAI's fine-tuning formats and TRL's preference layout):
   chat        {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": ..., "weight": 0|1}], "tools": [...]}
   completion  {"prompt": "...", "completion": "..."}              (legacy; rendered as one user/assistant turn)
   dpo         {"input": {"messages": [...]}, "preferred_output": [msg], "non_preferred_output": [msg]}
   pairs       {"prompt": "...", "chosen": "...", "rejected": "..."}
               (also with messages: "prompt" a message list and each answer one assistant message, or no
               "prompt" and "chosen"/"rejected" two whole conversations that differ only in the last answer)
+and, through layouts.py: sharegpt, alpaca, conversational_completion (TRL), sharegpt_pairs, alpaca_pairs.
+`FORMATS` names them all; `detect_format` tells one row's.
 
-Every problem is a `UserError` that names the file, the 1-based line and what is wrong. The full,
-collect-everything validator lives in `tuneforge.data.validate`; this module stops at the first problem.
+Every problem is a `UserError` that names the file, the position (a line of a JSONL file, a row
+elsewhere: readers.Row) and what is wrong. The full, collect-everything validator lives in
+`tuneforge.data.validate`; this module stops at the first problem.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneforge.data.layouts import CHAT_LAYOUTS, PAIR_LAYOUTS, LayoutError, Mapped, to_native
+from tuneforge.data.readers import Row, read_rows
 from tuneforge.errors import UserError
 
 ROLES = ("system", "user", "assistant", "tool")
+FORMATS = {
+    "chat": "OpenAI chat (messages of role/content)",
+    "completion": "prompt/completion strings",
+    "conversational_completion": "TRL conversational prompt/completion (message lists)",
+    "sharegpt": "ShareGPT (conversations of from/value turns)",
+    "alpaca": "Alpaca (instruction, input, output)",
+    "dpo": "OpenAI DPO (input, preferred_output, non_preferred_output)",
+    "pairs": "prompt/chosen/rejected (TRL preference)",
+    "sharegpt_pairs": "ShareGPT preference (conversations, chosen, rejected)",
+    "alpaca_pairs": "Alpaca preference (instruction, input, chosen, rejected)",
+}
+CHAT_FORMATS = ("chat", "completion", *CHAT_LAYOUTS)
+PREFERENCE_FORMATS = ("dpo", "pairs", *PAIR_LAYOUTS)
 
 
 @dataclass
@@ -31,7 +49,7 @@ class Conversation:
 
     messages: list[dict]
     tools: list | None = None
-    line: int = 0
+    line: int | Row = 0  # a JSONL line number, or a readers.Row
 
 
 @dataclass
@@ -42,37 +60,45 @@ class PreferencePair:
     chosen: str
     rejected: str
     tools: list | None = None
-    line: int = 0
+    line: int | Row = 0
     extra: dict = field(default_factory=dict)
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """Yield (line number, parsed JSON) for each non-blank line; bad JSON is a UserError with its line."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError("file not found", path=str(path))
-    with path.open("rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                yield line_number, json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise UserError(f"not valid JSON ({exc})", path=str(path), line=line_number, code="invalid_json") from None
-
-
 def detect_format(row: Any) -> str | None:
+    """The name in `FORMATS` of one row's layout, or None."""
     if not isinstance(row, dict):
         return None
-    if "messages" in row:
+    preference = "chosen" in row and "rejected" in row  # "prompt" may be implicit: see split_pair_row
+    if "messages" in row and not _is_sharegpt(row["messages"]):
         return "chat"
+    if "conversations" in row or "messages" in row:
+        return "sharegpt_pairs" if preference else "sharegpt"
     if "input" in row and ("preferred_output" in row or "non_preferred_output" in row):
         return "dpo"
-    if "chosen" in row and "rejected" in row:  # "prompt" may be implicit: see split_pair_row
+    if "instruction" in row:
+        return "alpaca_pairs" if preference else "alpaca"
+    if preference:
         return "pairs"
     if "prompt" in row and "completion" in row:
-        return "completion"
+        either_list = isinstance(row["prompt"], list) or isinstance(row["completion"], list)
+        return "conversational_completion" if either_list else "completion"
     return None
+
+
+def _is_sharegpt(turns: Any) -> bool:
+    return isinstance(turns, list) and any(isinstance(t, dict) and "role" not in t and ("from" in t or "value" in t)
+                                           for t in turns)
+
+
+def native_row(row: dict, kind: str, where: dict) -> tuple[dict, str, list | None]:
+    """(row, kind, places) in a format read natively: other tools' layouts are mapped by layouts.py."""
+    if kind not in CHAT_LAYOUTS and kind not in PAIR_LAYOUTS:
+        return row, kind, None
+    try:
+        mapped: Mapped = to_native(row, kind)
+    except LayoutError as exc:
+        raise UserError(str(exc), code=exc.code, **where) from None
+    return mapped.row, "chat" if kind in CHAT_LAYOUTS else "pairs", mapped.places
 
 
 def content_text(content: Any) -> str | None:
@@ -122,21 +148,29 @@ def split_pair_row(row: dict) -> tuple[str | list, str, str]:
     return prompt, chosen_text, rejected_text
 
 
-def normalise_messages(raw_messages: Any, where: dict) -> list[dict]:
+def message_places(places: list | None, label: str, index: int) -> tuple[str, str]:
+    """(where message `index` is, where its text is) in the user's file: layouts.py's places, or label[i]."""
+    if places and index < len(places):
+        return places[index]
+    return f"{label}[{index}]", f"{label}[{index}].content"
+
+
+def normalise_messages(raw_messages: Any, where: dict, places: list | None = None, label: str = "messages") -> list[dict]:
     """Check roles and content, and give each assistant turn an explicit weight (default 1)."""
     if not isinstance(raw_messages, list) or not raw_messages:
-        raise UserError("'messages' must be a non-empty list", code="missing_messages", **where)
+        raise UserError(f"'{label}' must be a non-empty list", code="missing_messages", **where)
     messages = []
     for index, message in enumerate(raw_messages):
+        place, text_place = message_places(places, label, index)
         if not isinstance(message, dict):
-            raise UserError(f"messages[{index}] is not an object", code="bad_message", **where)
+            raise UserError(f"{place} is not an object", code="bad_message", **where)
         role = message.get("role")
         if role not in ROLES:
-            raise UserError(f"messages[{index}] has role {role!r}; expected one of {', '.join(ROLES)}", code="bad_role", **where)
+            raise UserError(f"{place} has role {role!r}; expected one of {', '.join(ROLES)}", code="bad_role", **where)
         text = content_text(message.get("content"))
         has_tool_calls = role == "assistant" and message.get("tool_calls")
         if text is None and not (has_tool_calls and message.get("content") is None):
-            raise UserError(f"messages[{index}].content must be a string or a list of text parts", code="bad_content", **where)
+            raise UserError(f"{text_place} must be a string or a list of text parts", code="bad_content", **where)
         clean = {"role": role, "content": text if text is not None else ""}
         for key in ("tool_calls", "tool_call_id", "name"):
             if key in message:
@@ -144,54 +178,62 @@ def normalise_messages(raw_messages: Any, where: dict) -> list[dict]:
         if role == "assistant":
             weight = message.get("weight", 1)
             if weight not in (0, 1) or isinstance(weight, bool):
-                raise UserError(f"messages[{index}].weight must be 0 or 1", code="bad_weight", **where)
+                raise UserError(f"{place}.weight must be 0 or 1", code="bad_weight", **where)
             clean["weight"] = int(weight)
         messages.append(clean)
     return messages
 
 
-def row_to_conversation(row: Any, path: str = "<data>", line: int = 0) -> Conversation:
+def row_to_messages(row: Any, path: str = "<data>", line: int | Row = 0) -> tuple[list[dict], list | None]:
+    """(messages, tools) of a conversation row in any chat format (`CHAT_FORMATS`)."""
     where = {"path": path, "line": line}
     kind = detect_format(row)
-    if kind == "chat":
-        messages = normalise_messages(row["messages"], where)
-        tools = row.get("tools")
-        if tools is not None and not isinstance(tools, list):
-            raise UserError("'tools' must be a list", code="bad_tools", **where)
-    elif kind == "completion":
+    if kind in PREFERENCE_FORMATS:
+        raise UserError("this is a preference (DPO) row; train it with --method dpo", code="wrong_method", **where)
+    if kind is None:
+        raise UserError("unknown format: expected an object with 'messages' (chat), 'prompt' and 'completion', "
+                        "'conversations' (ShareGPT) or 'instruction' and 'output' (Alpaca)", code="unknown_format", **where)
+    row, kind, places = native_row(row, kind, where)
+    if kind == "completion":
         prompt, completion = row["prompt"], row["completion"]
         if not isinstance(prompt, str) or not isinstance(completion, str):
             raise UserError("'prompt' and 'completion' must be strings", code="bad_content", **where)
-        messages, tools = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion, "weight": 1}], None
-    elif kind in ("dpo", "pairs"):
-        raise UserError("this is a preference (DPO) row; train it with --method dpo", code="wrong_method", **where)
-    else:
-        raise UserError(
-            "unknown format: expected an object with 'messages' (chat) or 'prompt' and 'completion'",
-            code="unknown_format",
-            **where,
-        )
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion, "weight": 1}], None
+    messages = normalise_messages(row["messages"], where, places)
+    tools = row.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise UserError("'tools' must be a list", code="bad_tools", **where)
+    return messages, tools
+
+
+def row_to_conversation(row: Any, path: str = "<data>", line: int | Row = 0) -> Conversation:
+    messages, tools = row_to_messages(row, path, line)
     if not any(m["role"] == "assistant" and m.get("weight", 1) == 1 for m in messages):
-        raise UserError("no assistant message with weight 1: nothing to train on", code="no_trained_turn", **where)
+        raise UserError("no assistant message with weight 1: nothing to train on", code="no_trained_turn",
+                        path=path, line=line)
     return Conversation(messages=messages, tools=tools, line=line)
 
 
-def row_to_preference_pair(row: Any, path: str = "<data>", line: int = 0) -> PreferencePair:
+def row_to_preference_pair(row: Any, path: str = "<data>", line: int | Row = 0) -> PreferencePair:
     where = {"path": path, "line": line}
     kind = detect_format(row)
+    if kind in PAIR_LAYOUTS:
+        row, kind, places = native_row(row, kind, where)
+    else:
+        places = None
     if kind == "pairs":
         try:
             prompt, chosen_text, rejected_text = split_pair_row(row)
         except ValueError as exc:
             raise UserError(str(exc), code="bad_dpo_row", **where) from None
         prompt_messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        prompt_messages = normalise_messages(prompt_messages, where)
+        prompt_messages = normalise_messages(prompt_messages, where, places, label="prompt")
         return PreferencePair(prompt_messages, chosen_text, rejected_text, tools=row.get("tools"), line=line)
     if kind == "dpo":
         source = row.get("input")
         if not isinstance(source, dict) or "messages" not in source:
             raise UserError("'input' must be an object with 'messages'", code="bad_dpo_row", **where)
-        prompt_messages = normalise_messages(source["messages"], where)
+        prompt_messages = normalise_messages(source["messages"], where, label="input.messages")
         answers = []
         for key in ("preferred_output", "non_preferred_output"):
             value = row.get(key)
@@ -202,22 +244,24 @@ def row_to_preference_pair(row: Any, path: str = "<data>", line: int = 0) -> Pre
             answers.append(content_text(value[0]["content"]))
         return PreferencePair(prompt_messages, answers[0], answers[1], tools=source.get("tools"), line=line)
     raise UserError(
-        "not a preference row: expected OpenAI DPO ('input', 'preferred_output', 'non_preferred_output') "
-        "or 'prompt'/'chosen'/'rejected'",
+        "not a preference row: expected OpenAI DPO ('input', 'preferred_output', 'non_preferred_output'), "
+        "'prompt'/'chosen'/'rejected', or ShareGPT or Alpaca rows with 'chosen' and 'rejected'",
         code="bad_dpo_row",
         **where,
     )
 
 
 def load_conversations(path: str | Path) -> list[Conversation]:
-    conversations = [row_to_conversation(row, str(path), line) for line, row in read_jsonl(path)]
+    """Every conversation of a training file in any container (readers.py) and any chat format."""
+    conversations = [row_to_conversation(row, str(path), place) for place, row in read_rows(path)]
     if not conversations:
         raise UserError("no examples in file", path=str(path), code="empty_file")
     return conversations
 
 
 def load_preference_pairs(path: str | Path) -> list[PreferencePair]:
-    pairs = [row_to_preference_pair(row, str(path), line) for line, row in read_jsonl(path)]
+    """Every preference pair of a file in any container and any preference format."""
+    pairs = [row_to_preference_pair(row, str(path), place) for place, row in read_rows(path)]
     if not pairs:
         raise UserError("no examples in file", path=str(path), code="empty_file")
     return pairs

@@ -5,15 +5,17 @@ SFT tokenises a conversation whose last assistant turn is trained (`tokenize_con
 tokens carry labels, including the template's end-of-turn token, so the sequence log-prob also scores
 stopping. Earlier assistant turns in the prompt are context only (weight 0).
 
-GRPO prompt rows are chat rows whose last message is a user message; an optional final assistant turn is
-the reference answer, given only to the reward function.
+GRPO prompt rows are conversations in any chat format (formats.CHAT_FORMATS, any container) whose last
+message is a user message; an optional final assistant turn is the reference answer, given only to the
+reward function.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tuneforge.data.formats import PreferencePair, normalise_messages, read_jsonl
+from tuneforge.data.formats import CHAT_FORMATS, PreferencePair, detect_format, row_to_messages
+from tuneforge.data.readers import Row, read_rows
 from tuneforge.data.tokenize import TokenizedExample, tokenize_conversation
 from tuneforge.errors import UserError
 
@@ -57,24 +59,26 @@ class RLPrompt:
     messages: list[dict]  # ends with a user message
     reference: str | None = None
     tools: list | None = None
-    line: int = 0
+    line: int | Row = 0
 
 
 def load_rl_prompts(path: str) -> list[RLPrompt]:
-    """Chat rows ending in a user message, or in an assistant message taken as the reference answer."""
+    """Conversations ending in a user message, or in an assistant message taken as the reference answer."""
     prompts = []
-    for line, row in read_jsonl(path):
+    for line, row in read_rows(path):
         where = {"path": str(path), "line": line}
-        if not isinstance(row, dict) or "messages" not in row:
-            raise UserError("expected a chat row with 'messages' (the last one a user message)", code="bad_prompt_row", **where)
-        messages = [{k: v for k, v in m.items() if k != "weight"} for m in normalise_messages(row["messages"], where)]
+        if detect_format(row) not in CHAT_FORMATS:
+            raise UserError("expected a conversation (e.g. a chat row with 'messages', the last one a user message)",
+                            code="bad_prompt_row", **where)
+        messages, tools = row_to_messages(row, str(path), line)
+        messages = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
         reference = None
         if messages[-1]["role"] == "assistant":
             reference = messages.pop()["content"]
         if not messages or messages[-1]["role"] != "user":
             raise UserError("the prompt must end with a user message (optionally followed by one reference "
                             "assistant message)", code="bad_prompt_row", **where)
-        prompts.append(RLPrompt(messages, reference, row.get("tools"), line))
+        prompts.append(RLPrompt(messages, reference, tools, line))
     if not prompts:
         raise UserError("no examples in file", path=str(path), code="empty_file")
     return prompts

@@ -11,6 +11,7 @@ import html
 from dataclasses import dataclass
 
 from tuneforge.data.formats import row_to_conversation, row_to_preference_pair
+from tuneforge.data.readers import Row, describe, read_rows
 from tuneforge.data.tokenize import IGNORE_INDEX, tokenize_conversation
 
 TRAINED_OPEN, TRAINED_CLOSE = "⟦", "⟧"
@@ -21,7 +22,7 @@ _ANSI_RESET = "\x1b[0m"
 
 @dataclass
 class PreviewExample:
-    line: int
+    line: int | Row
     title: str
     pieces: list[tuple[str, int, bool]]  # (decoded text, token id, trained)
 
@@ -35,20 +36,20 @@ class PreviewExample:
 
 
 def preview_examples(path, tokenizer, n: int = 3, method: str = "sft") -> list[PreviewExample]:
-    """The first `n` usable examples of the file (DPO rows give a chosen and a rejected sequence)."""
-    from tuneforge.data.formats import read_jsonl
-
+    """The first `n` examples of the file, in any container and format (DPO rows give a chosen and a rejected
+    sequence); the first unreadable one is a UserError, as in training."""
     out: list[PreviewExample] = []
-    for line, row in read_jsonl(path):
+    for line, row in read_rows(path):
         if len(out) >= n:
             break
+        where = describe(line)
         if method == "dpo":
             pair = row_to_preference_pair(row, str(path), line)
-            sequences = [(f"chosen (line {line})", pair.prompt + [{"role": "assistant", "content": pair.chosen}], pair.tools),
-                         (f"rejected (line {line})", pair.prompt + [{"role": "assistant", "content": pair.rejected}], pair.tools)]
+            sequences = [(f"chosen ({where})", pair.prompt + [{"role": "assistant", "content": pair.chosen}], pair.tools),
+                         (f"rejected ({where})", pair.prompt + [{"role": "assistant", "content": pair.rejected}], pair.tools)]
         else:
             conversation = row_to_conversation(row, str(path), line)
-            sequences = [(f"line {line}", conversation.messages, conversation.tools)]
+            sequences = [(where, conversation.messages, conversation.tools)]
         for title, messages, tools in sequences:
             example = tokenize_conversation(tokenizer, messages, tools)
             pieces = [(tokenizer.decode([token]), token, label != IGNORE_INDEX)

@@ -13,7 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 from tuneforge.data.findings import SHORT_ANSWER_CHARS
-from tuneforge.data.formats import ROLES, content_text, detect_format, split_pair_row
+from tuneforge.data.formats import (
+    PREFERENCE_FORMATS,
+    ROLES,
+    content_text,
+    detect_format,
+    message_places,
+    native_row,
+    split_pair_row,
+)
 from tuneforge.data.tokenize import IGNORE_INDEX, tokenize_conversation
 from tuneforge.errors import UserError
 
@@ -29,24 +37,27 @@ def _check_tools(tools: Any) -> list[tuple[str, str]]:
     return [] if ok else [("bad_tools", "'tools' must be a list of {\"type\": \"function\", \"function\": {\"name\": ...}}")]
 
 
-def _check_tool_calls(calls: Any, index: int) -> list[tuple[str, str]]:
+def _check_tool_calls(calls: Any, where: str) -> list[tuple[str, str]]:
     ok = isinstance(calls, list) and all(
         isinstance(c, dict) and isinstance(c.get("function"), dict) and isinstance(c["function"].get("name"), str)
         and isinstance(c["function"].get("arguments", ""), str)
         for c in calls
     )
-    return [] if ok else [("bad_tool_calls", f"messages[{index}].tool_calls must be a list of "
+    return [] if ok else [("bad_tool_calls", f"{where}.tool_calls must be a list of "
                            "{\"function\": {\"name\": str, \"arguments\": str}}")]
 
 
-def check_messages(messages: Any, label: str = "messages", need_trained_turn: bool = True) -> list[tuple[str, str]]:
-    """Every structural problem of a message list, as (code, message) pairs (warnings included)."""
+def check_messages(messages: Any, label: str = "messages", need_trained_turn: bool = True,
+                   places: list | None = None) -> list[tuple[str, str]]:
+    """Every structural problem of a message list, as (code, message) pairs (warnings included).
+
+    `places` (from layouts.py) names each message as the user's file does; by default `label[i]`."""
     if not isinstance(messages, list) or not messages:
         return [("missing_messages", f"'{label}' must be a non-empty list of messages")]
     problems: list[tuple[str, str]] = []
     previous_role, previous_called, trained = None, False, False
     for index, message in enumerate(messages):
-        where = f"{label}[{index}]"
+        where, text_where = message_places(places, label, index)
         if not isinstance(message, dict):
             problems.append(("bad_message", f"{where} is not an object"))
             previous_role, previous_called = None, False
@@ -66,11 +77,11 @@ def check_messages(messages: Any, label: str = "messages", need_trained_turn: bo
         text = content_text(content)
         calls = message.get("tool_calls") if role == "assistant" else None
         if text is None and not (calls and content is None):
-            problems.append(("bad_content", f"{where}.content must be a string or a list of text parts, got {short_repr(content)}"))
+            problems.append(("bad_content", f"{text_where} must be a string or a list of text parts, got {short_repr(content)}"))
         elif text is not None and not _encodable(text):
-            problems.append(("bad_content", f"{where}.content holds invalid Unicode (a lone surrogate escape)"))
+            problems.append(("bad_content", f"{text_where} holds invalid Unicode (a lone surrogate escape)"))
         if calls is not None:
-            problems.extend(_check_tool_calls(calls, index))
+            problems.extend(_check_tool_calls(calls, where))
         if role == "assistant":
             weight = message.get("weight", 1)
             if isinstance(weight, bool) or weight not in (0, 1):
@@ -84,7 +95,8 @@ def check_messages(messages: Any, label: str = "messages", need_trained_turn: bo
                         problems.append(("short_answer", f"{where} is a trained answer of {len(text.strip())} characters"))
         previous_role, previous_called = role, bool(calls)
     if need_trained_turn and not trained and not any(code == "bad_weight" for code, _ in problems):
-        problems.append(("no_trained_turn", f"no assistant message with weight 1 in '{label}': nothing to train on"))
+        inside = "" if places else f" in '{label}'"
+        problems.append(("no_trained_turn", f"no assistant message with weight 1{inside}: nothing to train on"))
     return problems
 
 
@@ -97,47 +109,61 @@ def _check_answer(value: Any, key: str) -> list[tuple[str, str]]:
 
 
 def check_row(row: Any, method: str = "sft") -> list[tuple[str, str]]:
-    """Every structural problem of one parsed row for `method` ("sft" or "dpo")."""
+    """Every structural problem of one parsed row for `method` ("sft" or "dpo"), in any format of `FORMATS`."""
     if not isinstance(row, dict):
         return [("not_object", f"expected a JSON object, got {type(row).__name__}")]
     kind = detect_format(row)
-    if method == "dpo":
-        if kind == "dpo":
-            source = row.get("input")
-            if not isinstance(source, dict) or "messages" not in source:
-                return [("bad_dpo_row", "'input' must be an object with 'messages'")]
-            problems = check_messages(source["messages"], "input.messages", need_trained_turn=False)
-            if source.get("tools") is not None:
-                problems += _check_tools(source["tools"])
-            return problems + _check_answer(row.get("preferred_output"), "preferred_output") + _check_answer(
-                row.get("non_preferred_output"), "non_preferred_output")
-        if kind == "pairs":
-            try:
-                prompt, chosen, rejected = split_pair_row(row)
-            except ValueError as exc:
-                return [("bad_dpo_row", str(exc))]
-            problems = [] if isinstance(prompt, str) else check_messages(prompt, "prompt", need_trained_turn=False)
-            if row.get("tools") is not None:
-                problems += _check_tools(row["tools"])
-            if not _encodable(chosen + rejected + (prompt if isinstance(prompt, str) else "")):
-                problems.append(("bad_content", "'prompt', 'chosen' or 'rejected' holds invalid Unicode"))
-            return problems
+    if method == "dpo" and kind not in PREFERENCE_FORMATS:
         return [("bad_dpo_row", "not a preference row: expected OpenAI DPO ('input', 'preferred_output', "
-                 "'non_preferred_output') or 'prompt'/'chosen'/'rejected'")]
-    if kind == "chat":
-        problems = check_messages(row["messages"])
-        if row.get("tools") is not None:
-            problems += _check_tools(row["tools"])
-        return problems
+                 "'non_preferred_output'), 'prompt'/'chosen'/'rejected', or ShareGPT or Alpaca rows with "
+                 "'chosen' and 'rejected'")]
+    if method != "dpo" and kind in PREFERENCE_FORMATS:
+        return [("wrong_method", "this is a preference (DPO) row; validate and train it with --method dpo")]
+    if kind is None:
+        return [("unknown_format", "unknown format: expected an object with 'messages' (chat), 'prompt' and "
+                 "'completion', 'conversations' (ShareGPT) or 'instruction' and 'output' (Alpaca)")]
+    try:
+        row, kind, places = native_row(row, kind, {"path": None, "line": None})
+    except UserError as exc:
+        return [(exc.code, exc.bare_message)]
+    if kind == "dpo":
+        return _check_dpo(row)
+    if kind == "pairs":
+        return _check_pair(row, places)
     if kind == "completion":
         if not isinstance(row["prompt"], str) or not isinstance(row["completion"], str):
             return [("bad_content", "'prompt' and 'completion' must be strings")]
         if not _encodable(row["prompt"] + row["completion"]):
             return [("bad_content", "'prompt' or 'completion' holds invalid Unicode (a lone surrogate escape)")]
         return [] if row["completion"].strip() else [("empty_answer", "'completion' is empty")]
-    if kind in ("dpo", "pairs"):
-        return [("wrong_method", "this is a preference (DPO) row; validate and train it with --method dpo")]
-    return [("unknown_format", "unknown format: expected an object with 'messages' (chat) or 'prompt' and 'completion'")]
+    problems = check_messages(row["messages"], places=places)
+    if row.get("tools") is not None:
+        problems += _check_tools(row["tools"])
+    return problems
+
+
+def _check_dpo(row: dict) -> list[tuple[str, str]]:
+    source = row.get("input")
+    if not isinstance(source, dict) or "messages" not in source:
+        return [("bad_dpo_row", "'input' must be an object with 'messages'")]
+    problems = check_messages(source["messages"], "input.messages", need_trained_turn=False)
+    if source.get("tools") is not None:
+        problems += _check_tools(source["tools"])
+    return problems + _check_answer(row.get("preferred_output"), "preferred_output") + _check_answer(
+        row.get("non_preferred_output"), "non_preferred_output")
+
+
+def _check_pair(row: dict, places: list | None) -> list[tuple[str, str]]:
+    try:
+        prompt, chosen, rejected = split_pair_row(row)
+    except ValueError as exc:
+        return [("bad_dpo_row", str(exc))]
+    problems = [] if isinstance(prompt, str) else check_messages(prompt, "prompt", need_trained_turn=False, places=places)
+    if row.get("tools") is not None:
+        problems += _check_tools(row["tools"])
+    if not _encodable(chosen + rejected + (prompt if isinstance(prompt, str) else "")):
+        problems.append(("bad_content", "'prompt', 'chosen' or 'rejected' holds invalid Unicode"))
+    return problems
 
 
 def _encodable(text: str) -> bool:

@@ -1,8 +1,9 @@
 """Check a training file before any compute is spent:  tuneforge validate train.jsonl [--model M] [--json]
 
-The file is streamed line by line (a 200 MB file stays in bounded memory), and every problem is
-collected, not just the first: each has the 1-based line, a stable code (the table is
-`findings.CODES`, and docs/data.md) and a message. Errors make the file unusable for training; warnings
+The file is read through `readers.open_rows` (any container; JSONL, CSV and Parquet are streamed, so a
+200 MB file stays in bounded memory), and every problem is collected, not just the first: each has its
+position (a JSONL line, or a row elsewhere), a stable code (the table is `findings.CODES`, and
+docs/data.md) and a message; what is wrong with the file as a whole comes first. Errors make the file unusable for training; warnings
 are worth reading. Each row goes through `row_checks` (structure, then the model's chat template and
 mask when there is a tokenizer) and then through `formats.row_to_conversation` /
 `row_to_preference_pair`, so validate and train can never disagree about a row. This module adds what
@@ -13,18 +14,17 @@ overlap, and the token counts of the report.
 from __future__ import annotations
 
 import heapq
-import json
 import math
 import sys
 import time
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tuneforge.data.curation import exact_key, near_key
 from tuneforge.data.findings import CODES, MIN_EXAMPLES, Finding
-from tuneforge.data.formats import row_to_conversation, row_to_preference_pair
+from tuneforge.data.formats import detect_format, row_to_conversation, row_to_preference_pair
+from tuneforge.data.readers import describe, open_rows
 from tuneforge.data.row_checks import check_row, check_tokens, short_repr
 from tuneforge.data.tokenize import TokenizedExample, end_of_turn_ids
 from tuneforge.errors import UserError
@@ -63,19 +63,31 @@ class ValidationReport:
     estimate: dict | None = None
     max_length: int = 2048
     tokenized: bool = False
+    container: str = "jsonl"
+    formats: Counter = field(default_factory=Counter)  # rows per format name (formats.FORMATS)
 
-    def add(self, line: int, code: str, message: str, file: str | None = None) -> None:
+    def add(self, line, code: str, message: str, file: str | None = None) -> None:
         self.counts[code] += 1
         if self.counts[code] <= MAX_LISTED_PER_CODE:
             self.findings.append(Finding(line, code, message, file))
 
+    def _listed(self, severity: str) -> list[Finding]:
+        # What is wrong with a whole file comes first (said once), then the rows in file order.
+        found = [f for f in self.findings if f.severity == severity]
+        return sorted(found, key=lambda f: f.line != 0)
+
     @property
     def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
+        return self._listed("error")
 
     @property
     def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "warning"]
+        return self._listed("warning")
+
+    @property
+    def format(self) -> str | None:
+        """The one format of the file's rows, "mixed", or None when no row has a known format."""
+        return None if not self.formats else next(iter(self.formats)) if len(self.formats) == 1 else "mixed"
 
     @property
     def ok(self) -> bool:
@@ -94,6 +106,10 @@ class ValidationReport:
             "path": self.path,
             "method": self.method,
             "n_examples": self.n_examples,
+            "container": self.container,
+            "positions": "line" if self.container == "jsonl" else "row",
+            "format": self.format,
+            "formats": dict(self.formats.most_common()),
             "n_tokens": self.n_tokens if self.tokenized else None,
             "n_trained_tokens": self.n_trained_tokens if self.tokenized else None,
             "tokens_per_example": self.token_stats(),
@@ -107,34 +123,17 @@ class ValidationReport:
 
 
 class _Progress:
-    def __init__(self, path: Path, enabled: bool):
-        self.total = path.stat().st_size if enabled else 0
-        self.enabled = enabled and self.total > 0
+    def __init__(self, name: str, total: int, enabled: bool):
+        self.total, self.enabled, self.name = total, enabled, name
         self.last = time.monotonic()
-        self.name = path.name
 
     def update(self, done: int, rows: int, final: bool = False) -> None:
         now = time.monotonic()
         if self.enabled and (final or now - self.last >= 2.0):
             self.last = now
-            print(f"validate {self.name}: {done / 2**20:.1f}/{self.total / 2**20:.1f} MB "
-                  f"({100 * done / self.total:.0f}%), {rows} examples", file=sys.stderr, flush=True)
-
-
-def _iter_rows(path: Path):
-    """(line number, parsed row or None, problem or None, byte offset after the line), streaming."""
-    done = 0
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            done += len(raw)
-            if not raw.strip():
-                continue
-            try:
-                yield number, json.loads(raw), None, done
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                yield number, None, ("invalid_json", f"not valid JSON ({exc})"[:300]), done
-            except RecursionError:
-                yield number, None, ("invalid_json", "not usable JSON (nested too deeply)"), done
+            share = (f"{done / 2**20:.1f}/{self.total / 2**20:.1f} MB ({100 * done / self.total:.0f}%), "
+                     if self.total and done else "")
+            print(f"validate {self.name}: {share}{rows} examples", file=sys.stderr, flush=True)
 
 
 def _trained_answer(messages: list[dict]) -> str:
@@ -144,26 +143,29 @@ def _trained_answer(messages: list[dict]) -> str:
 
 def validate_file(path, method: str = "sft", tokenizer=None, max_length: int = 2048, validation_file=None,
                   progress: bool = False, model_config=None, min_examples: int = MIN_EXAMPLES) -> ValidationReport:
-    """Stream `path` (and `validation_file`) through every check; never raises for bad content."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError("file not found", path=str(path))
-    if validation_file is not None and not Path(validation_file).is_file():
-        raise UserError("validation file not found", path=str(validation_file))
+    """Read `path` (and `validation_file`) through every check; raises only for a missing file or folder."""
+    source = open_rows(path)
+    valid_source = open_rows(validation_file) if validation_file is not None else None
     method = "dpo" if method in ("dpo", "reward") else "sft"
-    report = ValidationReport(str(path), method, max_length=max_length, tokenized=tokenizer is not None)
+    report = ValidationReport(str(path), method, max_length=max_length, tokenized=tokenizer is not None,
+                              container=source.container)
     eot_ids = end_of_turn_ids(tokenizer, model_config) if tokenizer is not None else set()
-    exact_seen: dict[int, int] = {}
-    near_seen: dict[int, int] = {}
+    exact_seen: dict[int, object] = {}
+    near_seen: dict[int, object] = {}
     answers: Counter = Counter()
     answer_text: dict[int, str] = {}
-    meter = _Progress(path, progress)
-    for line, row, problem, done in _iter_rows(path):
-        report.n_examples += 1
+    meter = _Progress(source.path.name, source.size, progress)
+    for code, message in source.notes:
+        report.add(0, code, message)
+    for line, row, problem, done in source.rows:
+        report.n_examples += line != 0  # a problem at position 0 is the file's (an unreadable Parquet), no example
         meter.update(done, report.n_examples)
         if problem:
             report.add(line, *problem)
             continue
+        kind = detect_format(row)
+        if kind is not None:
+            report.formats[kind] += 1
         try:
             _check_one(report, line, row, method, tokenizer, eot_ids, max_length, answers, answer_text)
             key, near = exact_key(row), near_key(row)
@@ -171,17 +173,17 @@ def validate_file(path, method: str = "sft", tokenizer=None, max_length: int = 2
             report.add(line, "invalid_json", "not usable JSON (nested too deeply)")
             continue
         if key in exact_seen:
-            report.add(line, "duplicate", f"the same example as line {exact_seen[key]}")
+            report.add(line, "duplicate", f"the same example as {describe(exact_seen[key])}")
         elif near in near_seen:
-            report.add(line, "near_duplicate", f"the same words as line {near_seen[near]}")
+            report.add(line, "near_duplicate", f"the same words as {describe(near_seen[near])}")
         exact_seen.setdefault(key, line)
         near_seen.setdefault(near, line)
     meter.update(meter.total, report.n_examples, final=True)
     if report.n_examples < min_examples:
         report.add(0, "too_few_examples", f"{report.n_examples} examples; at least {min_examples} are needed")
     _check_balance(report, answers, answer_text)
-    if validation_file is not None:
-        _check_validation_file(report, Path(validation_file), method, tokenizer, eot_ids, max_length, exact_seen)
+    if valid_source is not None:
+        _check_validation_file(report, valid_source, method, tokenizer, eot_ids, max_length, exact_seen)
     return report
 
 
@@ -246,8 +248,10 @@ def _check_balance(report: ValidationReport, answers: Counter, answer_text: dict
                    f"{short_repr(label)} is {count / total:.0%} of them")
 
 
-def _check_validation_file(report, path: Path, method, tokenizer, eot_ids, max_length, train_keys) -> None:
-    for line, row, problem, _done in _iter_rows(path):
+def _check_validation_file(report, source, method, tokenizer, eot_ids, max_length, train_keys) -> None:
+    for code, message in source.notes:
+        report.add(0, code, message, file="validation")
+    for line, row, problem, _done in source.rows:
         if problem:
             report.add(line, *problem, file="validation")
             continue
@@ -258,14 +262,14 @@ def _check_validation_file(report, path: Path, method, tokenizer, eot_ids, max_l
             report.add(line, "invalid_json", "not usable JSON (nested too deeply)", file="validation")
             continue
         if key in train_keys:
-            report.add(line, "train_validation_overlap", f"also in the training file at line {train_keys[key]}",
+            report.add(line, "train_validation_overlap", f"also in the training file at {describe(train_keys[key])}",
                        file="validation")
 
 
 def summarise_errors(report: ValidationReport, path, limit: int = 5) -> str:
     """The report's first errors as one line, for `tuneforge train` to refuse a file with."""
     errors = report.errors
-    listed = "; ".join(f"line {e.line}: {e.message} [{e.code}]" for e in errors[:limit])
+    listed = "; ".join(f"{describe(e.line)}: {e.message} [{e.code}]" for e in errors[:limit])
     total = sum(n for code, n in report.counts.items() if CODES[code][0] == "error")
     more = f" (and {total - limit} more)" if total > limit else ""
     return f"{total} problem(s) found by `tuneforge validate {path}`: {listed}{more}"

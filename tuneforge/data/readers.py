@@ -1,0 +1,325 @@
+"""Files -> rows, whatever holds them (the step before formats.py):  tuneforge validate data.parquet
+
+    jsonl        one JSON value per line (.jsonl, .ndjson, or any other name)   positions: line numbers, from 1
+    json         a JSON array (.json), or pretty-printed objects one after another
+    csv, tsv     a header row of field names, then one example per row (.csv, .tsv)
+    parquet      a Parquet file (.parquet), read in batches
+    datasets     a Hugging Face `datasets` folder written by save_to_disk, read offline (`datasets.load_from_disk`)
+
+In every container but JSONL a position is a `Row`: the 0-based index (as dataset[i], df.iloc[i] or
+array[i]) and, in a text file, the line the row starts on. The container is sniffed from the content
+as well as the name, so a CSV or a pretty-printed JSON array saved as .jsonl gets one file-level note
+(`container_mismatch`) and is read as what it is, not one decoder error per line. Everything that reads
+training data goes through `open_rows` (validate, which collects every problem) or `read_rows` (the
+loaders in formats.py and preference.py, convert, preview: they stop at the first problem).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneforge.errors import UserError
+
+CONTAINERS = {
+    "jsonl": "JSONL",
+    "json": "a JSON array",
+    "json_stream": "pretty-printed JSON objects one after another",
+    "csv": "CSV",
+    "tsv": "TSV",
+    "parquet": "Parquet",
+    "datasets": "a datasets folder (save_to_disk)",
+}
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+SUFFIXES = {".json": "json", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet"}
+SNIFF_BYTES = 1 << 22  # enough for the first pretty-printed example of any sane file
+_FIELD_NAME = re.compile(r"[A-Za-z_][\w .-]{0,63}")
+# CSV cells of these columns hold JSON (a message list, tools, an OpenAI DPO answer).
+_JSON_COLUMNS = {"messages", "conversations", "tools", "history", "preferred_output", "non_preferred_output"}
+# Text columns whose cell may instead hold messages: decoded only when the JSON is message-shaped.
+_MAYBE_MESSAGES = {"prompt", "completion", "chosen", "rejected", "input"}
+
+
+@dataclass(frozen=True, order=True)
+class Row:
+    """Where an example sits in a container other than JSONL (in JSONL a position is the line number)."""
+
+    index: int  # 0-based, as dataset[i]
+    line: int | None = None  # the line it starts on, in a text file (CSV, JSON)
+
+    def __str__(self) -> str:
+        return f"row {self.index}" + (f" (line {self.line})" if self.line is not None else "")
+
+
+def describe(place: int | Row) -> str:
+    """'line 7', 'row 3 (line 5)', 'row 3', or 'the file' for position 0."""
+    if isinstance(place, Row):
+        return str(place)
+    return f"line {place}" if place else "the file"
+
+
+@dataclass
+class Source:
+    """An opened training file: its container, its rows (lazily) and file-level notes (said once).
+
+    `rows` yields (position, parsed row or None, (code, message) or None, bytes read so far); a problem
+    at position 0 is about the whole file."""
+
+    path: Path
+    container: str
+    rows: Iterator
+    notes: list[tuple[str, str]] = field(default_factory=list)
+    size: int = 0  # bytes, for progress; 0 when unknown
+
+
+def open_rows(path: str | Path) -> Source:
+    """Sniff the container and return its rows unread; UserError only for what no report can describe."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError("file not found", path=str(path))
+    if path.is_dir():
+        return Source(path, "datasets", _dataset_rows(_dataset_folder(path)))
+    container, note = detect_container(path)
+    readers = {"jsonl": _jsonl_rows, "json": _json_rows, "json_stream": _json_rows, "csv": _csv_rows,
+               "tsv": _csv_rows, "parquet": _parquet_rows}
+    return Source(path, container, readers[container](path, container), [note] if note else [], path.stat().st_size)
+
+
+def read_rows(path: str | Path) -> Iterator[tuple[int | Row, Any]]:
+    """(position, row) for every row; the first problem is a UserError naming the file and the position."""
+    for place, row, problem, _done in open_rows(path).rows:
+        if problem:
+            raise place_error(problem[1], path, place, problem[0])
+        yield place, row
+
+
+def place_error(message: str, path, place: int | Row, code: str | None = None) -> UserError:
+    """`path:7: message` for a JSONL line, `path:row 3 (line 5): message` otherwise, `path: message` for the file."""
+    return UserError(message, path=str(path), line=place or None, code=code)
+
+
+# ---- which container ---------------------------------------------------------------------------------
+
+
+def detect_container(path: Path) -> tuple[str, tuple[str, str] | None]:
+    """(container, a `container_mismatch` note or None): the content wins where it is unmistakable."""
+    with path.open("rb") as handle:
+        head = handle.read(SNIFF_BYTES)
+    sniffed, sure = _sniff(head, whole=len(head) < SNIFF_BYTES)
+    suffix = path.suffix.lower()
+    named = "jsonl" if suffix in JSONL_SUFFIXES else SUFFIXES.get(suffix)
+    if named is None:  # no telling name (the service stores uploads without one): the content decides
+        return sniffed, None
+    json_family, tables = ("jsonl", "json", "json_stream"), ("csv", "tsv")
+    if sniffed == named or (named == "json" and sniffed in json_family) or (named in tables and sniffed in tables):
+        return sniffed, None  # the same family: a .json of JSONL lines, a .csv whose header has tabs
+    if not sure:
+        return named, None
+    said = "JSONL" if named == "jsonl" else CONTAINERS[named]
+    numbered = "lines numbered from 1" if sniffed == "jsonl" else "rows numbered from 0"
+    return sniffed, ("container_mismatch", f"this is {CONTAINERS[sniffed]}, not {said} as its name says: "
+                     f"read as {CONTAINERS[sniffed]}, {numbered}")
+
+
+def _sniff(head: bytes, whole: bool) -> tuple[str, bool]:
+    """(container, sure) from the first bytes; not sure means "JSONL, by default"."""
+    if head.startswith(b"PAR1"):
+        return "parquet", True
+    text = head.decode("utf-8", errors="replace").removeprefix("\ufeff")
+    body = text.lstrip()
+    if not body:
+        return "jsonl", False
+    lines = [line for line in body.splitlines() if line.strip()]
+    first = lines[0]
+    if body[0] in "[{":
+        try:
+            json.loads(first)
+        except (json.JSONDecodeError, RecursionError):
+            pass
+        else:  # the first line is a whole JSON value: JSONL, unless it is an array and all there is
+            one_array = body[0] == "[" and len(lines) == 1 and whole
+            return ("json" if one_array else "jsonl"), True
+        if body[0] == "[" and first.strip() == "[":
+            return "json", True
+        try:
+            _value, end = json.JSONDecoder().raw_decode(body)
+        except (json.JSONDecodeError, RecursionError):
+            return "jsonl", False  # a broken first line; the other lines are judged one by one
+        if "\n" in body[:end]:
+            return ("json" if body[0] == "[" else "json_stream"), True
+        return "jsonl", False
+    delimiter = "\t" if "\t" in first else ","
+    header = next(csv.reader([first], delimiter=delimiter))
+    if len(header) >= 2 and all(_FIELD_NAME.fullmatch(name.strip()) for name in header):
+        return ("tsv" if delimiter == "\t" else "csv"), True
+    return "jsonl", False
+
+
+# ---- the containers ------------------------------------------------------------------------------------
+
+
+def _jsonl_rows(path: Path, _container: str):
+    done = 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            done += len(raw)
+            if number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark (Windows editors)
+            if not raw.strip():
+                continue
+            try:
+                yield number, json.loads(raw), None, done
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                yield number, None, ("invalid_json", f"not valid JSON ({exc})"[:300]), done
+            except RecursionError:
+                yield number, None, ("invalid_json", "not usable JSON (nested too deeply)"), done
+
+
+def _json_rows(path: Path, container: str):
+    """The elements of one JSON array (or a run of JSON values), each with the line it starts on."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        yield 0, None, ("invalid_json", f"not UTF-8 ({exc})"[:300]), 0
+        return
+    decoder, index, line, counted = json.JSONDecoder(), 0, 1, 0
+    position = _skip_space(text, 0)
+    array = container == "json"
+    if array:
+        position = _skip_space(text, position + 1)  # past '['
+    while position < len(text) and not (array and text[position] == "]"):
+        line += text.count("\n", counted, position)
+        counted = position
+        try:
+            value, end = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as exc:
+            yield (Row(index, exc.lineno), None, ("invalid_json", f"not valid JSON at line {exc.lineno} column "
+                   f"{exc.colno} ({exc.msg}); the rest of the file cannot be read"), position)
+            return
+        except RecursionError:
+            yield Row(index, line), None, ("invalid_json", "not usable JSON (nested too deeply)"), position
+            return
+        yield Row(index, line), value, None, end
+        index += 1
+        position = _skip_space(text, end)
+        if array and position < len(text) and text[position] == ",":
+            position = _skip_space(text, position + 1)
+        elif array and (position >= len(text) or text[position] != "]"):
+            where = text.count("\n", 0, position) + 1
+            yield (Row(index, where), None, ("invalid_json", f"expected ',' or ']' at line {where} after row "
+                   f"{index - 1}; the rest of the file cannot be read"), position)
+            return
+
+
+def _skip_space(text: str, position: int) -> int:
+    while position < len(text) and text[position] in " \t\r\n":
+        position += 1
+    return position
+
+
+def _csv_rows(path: Path, container: str):
+    """Rows under a header; an empty line is skipped (as pandas does), a row's line is where it starts."""
+    done = 0
+
+    def lines(handle):
+        nonlocal done
+        for number, raw in enumerate(handle):
+            done += len(raw)
+            text = raw.decode("utf-8", errors="surrogateescape")  # bad bytes reach the checks as bad_content
+            yield text.removeprefix("\ufeff") if number == 0 else text
+
+    with path.open("rb") as handle:
+        reader = csv.reader(lines(handle), delimiter="\t" if container == "tsv" else ",")
+        try:
+            header = [name.strip() for name in next(reader, [])]
+        except csv.Error as exc:
+            yield 0, None, ("bad_cells", f"the header row is not readable ({exc})"), done
+            return
+        index, previous = 0, reader.line_num
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield Row(index, previous + 1), None, ("bad_cells", f"not readable ({exc}); the rest of the file "
+                                                        "cannot be read"), done
+                return
+            start, previous = previous + 1, reader.line_num
+            if not any(cell.strip() for cell in cells):
+                continue
+            if len(cells) != len(header):
+                yield (Row(index, start), None, ("bad_cells", f"{len(cells)} cells, but the header has "
+                       f"{len(header)} columns ({', '.join(header)})"), done)
+            else:
+                yield Row(index, start), {name: _cell(name, cell) for name, cell in zip(header, cells, strict=True)}, None, done
+            index += 1
+
+
+def _cell(column: str, text: str) -> Any:
+    """A CSV cell as its value: JSON in the structured columns, text elsewhere (unless it holds messages)."""
+    if (column not in _JSON_COLUMNS and column not in _MAYBE_MESSAGES) or not text.lstrip().startswith(("[", "{")):
+        return text
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return text
+    if column in _JSON_COLUMNS:
+        return value
+    message = ("role" in value or "from" in value or "messages" in value) if isinstance(value, dict) else False
+    messages = isinstance(value, list) and bool(value) and all(isinstance(m, dict) and ("role" in m or "from" in m)
+                                                               for m in value)
+    return value if message or messages else text
+
+
+def _parquet_rows(path: Path, _container: str):
+    import pyarrow
+    import pyarrow.parquet
+
+    index = 0
+    try:
+        for batch in pyarrow.parquet.ParquetFile(path).iter_batches(batch_size=512):
+            for row in batch.to_pylist():
+                yield Row(index), without_nulls(row), None, 0
+                index += 1
+    except (OSError, ValueError, pyarrow.ArrowException) as exc:
+        yield (Row(index) if index else 0), None, ("unreadable_file", f"not readable as Parquet ({exc})"[:300]), 0
+
+
+def _dataset_folder(path: Path) -> Path:
+    """A folder from save_to_disk; a DatasetDict (one folder per split) or another folder is a usage error."""
+    if (path / "dataset_dict.json").is_file():
+        splits = sorted(p.name for p in path.iterdir() if (p / "dataset_info.json").is_file())
+        raise UserError(f"a DatasetDict folder (splits: {', '.join(splits) or 'none'}): pass one split, e.g. "
+                        f"{path / (splits[0] if splits else 'train')}", path=str(path))
+    if not (path / "dataset_info.json").is_file() and not (path / "state.json").is_file():
+        raise UserError("a folder, but not a datasets folder written by save_to_disk (no dataset_info.json or "
+                        "state.json); give a file, or the folder save_to_disk wrote", path=str(path))
+    return path
+
+
+def _dataset_rows(path: Path):
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except (OSError, ValueError, FileNotFoundError) as exc:
+        yield 0, None, ("unreadable_file", f"not readable with datasets.load_from_disk ({exc})"[:300]), 0
+        return
+    for index, row in enumerate(dataset):
+        yield Row(index), without_nulls(row), None, 0
+
+
+def without_nulls(value: Any) -> Any:
+    """Columnar files give every row every column, absent ones as null: drop them, so absent stays absent."""
+    if isinstance(value, dict):
+        return {key: without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [without_nulls(item) for item in value]
+    return value
