@@ -1,10 +1,12 @@
 """Typed training configuration:  tuneforge config [--method M] [--json]  lists every key.
 
-Layers: defaults < YAML file (--config) < key=value overrides < explicit flags. Parsing is strict:
-unknown keys (with the likely key suggested), wrong types, out-of-range values and keys the chosen
-method does not use are all collected and reported together in one UserError, before any model loads.
-Each field carries its one-line description and the methods that read it (`setting`), so the
-`tuneforge config` listing, the method check and the code cannot drift apart.
+Layers: defaults < YAML file (`tuneforge train FILE.yaml` or --config) < key=value overrides < explicit
+flags. Parsing is strict: unknown keys (with the likely key suggested), wrong types, out-of-range values
+and keys the chosen method does not use are all collected and reported together in one UserError, before
+any model loads. Each field carries its one-line description and the methods that read it (`setting`), so
+the `tuneforge config` listing, the method check and the code cannot drift apart. `ALIASES` accepts the
+names TRL, Axolotl and LLaMA-Factory configs use; `tuneforge config --example METHOD` prints a commented
+config (tuneforge/configs/METHOD.yaml).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ METHODS = ("sft", "dpo", "reward", "grpo")
 REWARD_POOLINGS = ("last", "mean", "sum")
 SCHEDULES = ("cosine", "linear", "constant")
 LOSS_TYPES = ("sigmoid", "ipo", "simpo")
+EXAMPLES = Path(__file__).parent / "configs"  # METHOD.yaml for each method, shipped in the package
 
 # The recipes that read a key (tuneforge/recipes/<method>.py with the shared run shell and trainable.py).
 # A key outside its methods would be silently ignored, so setting it is an error.
@@ -88,9 +91,8 @@ class TrainConfig:
     eval_data: str | None = setting(None, "after training, exact match on this test file (in summary.json)",
                                     NOT_REWARD, "a reward model does not answer prompts, its measure is pairwise "
                                     "accuracy on validation_data")
-    chat_template: str | None = setting(None, "the template conversations are rendered with: a built-in (gemma, llama3, "
-                                        "chatml, plain) or a Jinja file; none: the model's own, else a built-in "
-                                        "its vocabulary can write")
+    chat_template: str | None = setting(None, "how conversations are rendered: a built-in (gemma, llama3, chatml, plain) "
+                                        "or a Jinja file; none: the model's own, else a built-in it can write")
     init_adapter: str | None = setting(None, "start from this LoRA adapter, e.g. an SFT run (dpo and grpo: also the "
                                        "reference policy)")
     # Preference tuning (dpo).
@@ -146,6 +148,47 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 FIELD_TYPES = {name: f.type for name, f in FIELDS.items()}
 
+# The names other fine-tuning tools' configs use for a key, accepted in YAML and key=value so their users'
+# habits (and many lines of their files) work here. An alias means exactly its key, with this key's type,
+# range and default; train_config.json is written with the key. One layer (a YAML file, the key=value list)
+# that sets a key twice, under two of its names, is an error: which would win is a guess.
+ALIASES = {
+    # transformers' TrainingArguments / TRL (its GRPOConfig for the last two)
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",  # one process; under --nproc batch_size is the whole step's
+    "gradient_accumulation_steps": "gradient_accumulation",
+    "output_dir": "output",
+    "model_name_or_path": "model",
+    "lr_scheduler_type": "lr_schedule",
+    "logging_steps": "log_every",
+    "eval_steps": "eval_every",
+    "save_steps": "save_every",
+    "save_total_limit": "keep_checkpoints",
+    "resume_from_checkpoint": "resume",
+    "max_seq_length": "max_length",
+    "torch_compile": "compile",
+    "num_generations": "group_size",
+    "max_completion_length": "max_new_tokens",
+    # Axolotl
+    "base_model": "model",
+    "num_epochs": "epochs",
+    "micro_batch_size": "batch_size",
+    "lr_scheduler": "lr_schedule",
+    "sequence_len": "max_length",
+    "val_set_size": "validation_split",
+    # LLaMA-Factory
+    "cutoff_len": "max_length",
+    "lora_target": "lora_target_modules",
+    "val_size": "validation_split",
+    "pref_beta": "beta",
+    "pref_loss": "loss_type",
+    # Short, and the spellings of tuneforge's other verbs (validate --validation-file, split --validation-fraction)
+    "lr": "learning_rate",
+    "validation_file": "validation_data",
+    "validation_fraction": "validation_split",
+}
+ALIASES_OF = {name: [alias for alias, key in ALIASES.items() if key == name] for name in FIELDS}
+
 
 def default_value(name: str) -> Any:
     f = FIELDS[name]
@@ -153,25 +196,36 @@ def default_value(name: str) -> Any:
 
 
 def describe_keys(method: str | None = None) -> list[dict[str, Any]]:
-    """Every key as {key, type, default, methods, description} (`tuneforge config`); `method` keeps its keys."""
+    """Every key as {key, type, default, methods, description, aliases} (`tuneforge config`); `method` keeps its keys."""
     return [
         {"key": name, "type": f.type, "default": default_value(name), "methods": list(f.metadata["methods"]),
-         "description": f.metadata["doc"]}
+         "description": f.metadata["doc"], "aliases": ALIASES_OF[name]}
         for name, f in FIELDS.items()
         if method is None or method in f.metadata["methods"]
     ]
 
 
-def _coerce(name: str, value: Any, problems: list[str]) -> Any:
+def example_config(method: str) -> Path:
+    """The commented example config of a method, shipped in the package (`tuneforge config --example METHOD`)."""
+    if method not in METHODS:
+        raise UserError(f"no example config for {method!r}: expected one of {', '.join(METHODS)}")
+    return EXAMPLES / f"{method}.yaml"
+
+
+# A problem is (the key it is about, or the keys of a rule between keys; the one-line message).
+Problem = tuple[tuple[str, ...], str]
+
+
+def _coerce(name: str, value: Any, problems: list[Problem]) -> Any:
     declared = typing.get_type_hints(TrainConfig)[name]
     optional = typing.get_origin(declared) in (typing.Union, types.UnionType) and type(None) in typing.get_args(declared)
     base = next(a for a in typing.get_args(declared) if a is not type(None)) if optional else declared
+    origin = typing.get_origin(base)
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
         if optional:
             return None
-        problems.append(f"{name}: may not be empty")
+        problems.append(((name,), f"{name}: may not be empty"))
         return None
-    origin = typing.get_origin(base)
     try:
         if base is bool:
             if isinstance(value, bool):
@@ -199,52 +253,68 @@ def _coerce(name: str, value: Any, problems: list[str]) -> Any:
             return str(value)
     except (TypeError, ValueError):
         pass
-    problems.append(f"{name}: expected {getattr(base, '__name__', str(base))}, got {value!r}")
+    problems.append(((name,), f"{name}: expected {getattr(base, '__name__', str(base))}, got {value!r}"))
     return None
 
 
-def _check_ranges(config: TrainConfig, problems: list[str]) -> None:
-    def require(condition: bool, message: str) -> None:
+def _check_ranges(config: TrainConfig) -> list[Problem]:
+    """Every range and cross-key rule, on a config whose keys all have their type (a default stands in for
+    a value that had the wrong one), so range problems are found in the same pass as type problems."""
+    problems: list[Problem] = []
+
+    def require(condition: bool, keys: str | tuple[str, ...], message: str) -> None:
         if not condition:
-            problems.append(message)
+            problems.append(((keys,) if isinstance(keys, str) else keys, message))
 
-    require(config.method in METHODS, f"method: expected one of {', '.join(METHODS)}, got {config.method!r}")
-    require(config.lr_schedule in SCHEDULES, f"lr_schedule: expected one of {', '.join(SCHEDULES)}")
-    require(config.dtype in ("auto", "float32", "bfloat16"), "dtype: expected auto, float32 or bfloat16")
-    require(config.epochs > 0, "epochs: must be > 0")
-    require(config.max_steps is None or config.max_steps > 0, "max_steps: must be > 0")
-    require(config.batch_size >= 1, "batch_size: must be >= 1")
-    require(config.gradient_accumulation >= 1, "gradient_accumulation: must be >= 1")
-    require(config.learning_rate is None or config.learning_rate > 0, "learning_rate: must be > 0")
-    require(0 <= config.warmup_ratio < 1, "warmup_ratio: must be in [0, 1)")
-    require(0 <= config.validation_split < 1, "validation_split: must be in [0, 1)")
-    require(config.lora_r >= 1, "lora_r: must be >= 1")
-    require(0 <= config.lora_dropout < 1, "lora_dropout: must be in [0, 1)")
-    require(config.max_length >= 8, "max_length: must be >= 8")
-    require(config.micro_batch_tokens is None or config.micro_batch_tokens >= 8, "micro_batch_tokens: must be >= 8")
-    require(config.max_grad_norm >= 0, "max_grad_norm: must be >= 0 (0 disables clipping)")
-    require(config.save_every is None or config.save_every > 0, "save_every: must be > 0")
-    require(config.eval_every is None or config.eval_every > 0, "eval_every: must be > 0")
-    require(config.keep_checkpoints >= 1, "keep_checkpoints: must be >= 1")
-    require(config.beta > 0, "beta: must be > 0")
-    require(config.loss_type in LOSS_TYPES, f"loss_type: expected one of {', '.join(LOSS_TYPES)}, got {config.loss_type!r}")
-    require(config.rpo_alpha >= 0, "rpo_alpha: must be >= 0")
-    require(config.reward_pooling in REWARD_POOLINGS,
+    require(config.method in METHODS, "method", f"method: expected one of {', '.join(METHODS)}, got {config.method!r}")
+    require(config.lr_schedule in SCHEDULES, "lr_schedule", f"lr_schedule: expected one of {', '.join(SCHEDULES)}")
+    require(config.dtype in ("auto", "float32", "bfloat16"), "dtype", "dtype: expected auto, float32 or bfloat16")
+    require(config.epochs > 0, "epochs", "epochs: must be > 0")
+    require(config.max_steps is None or config.max_steps > 0, "max_steps", "max_steps: must be > 0")
+    require(config.batch_size >= 1, "batch_size", "batch_size: must be >= 1")
+    require(config.gradient_accumulation >= 1, "gradient_accumulation", "gradient_accumulation: must be >= 1")
+    require(config.learning_rate is None or config.learning_rate > 0, "learning_rate", "learning_rate: must be > 0")
+    require(0 <= config.warmup_ratio < 1, "warmup_ratio", "warmup_ratio: must be in [0, 1)")
+    require(0 <= config.validation_split < 1, "validation_split", "validation_split: must be in [0, 1)")
+    require(config.lora_r >= 1, "lora_r", "lora_r: must be >= 1")
+    require(0 <= config.lora_dropout < 1, "lora_dropout", "lora_dropout: must be in [0, 1)")
+    require(bool(config.lora_target_modules), "lora_target_modules",
+            "lora_target_modules: name at least one module, or all-linear")
+    require(config.lora_target_modules != ["all"], "lora_target_modules",
+            "lora_target_modules: 'all' is spelled all-linear here (every linear layer but the output head)")
+    require(config.max_length >= 8, "max_length", "max_length: must be >= 8")
+    require(config.micro_batch_tokens is None or config.micro_batch_tokens >= 8, "micro_batch_tokens",
+            "micro_batch_tokens: must be >= 8")
+    require(config.max_grad_norm >= 0, "max_grad_norm", "max_grad_norm: must be >= 0 (0 disables clipping)")
+    require(config.log_every >= 1, "log_every", "log_every: must be >= 1")
+    require(config.save_every is None or config.save_every > 0, "save_every", "save_every: must be > 0")
+    require(config.eval_every is None or config.eval_every > 0, "eval_every", "eval_every: must be > 0")
+    require(config.keep_checkpoints >= 1, "keep_checkpoints", "keep_checkpoints: must be >= 1")
+    require(config.beta > 0, "beta", "beta: must be > 0")
+    require(config.loss_type in LOSS_TYPES, "loss_type",
+            f"loss_type: expected one of {', '.join(LOSS_TYPES)}, got {config.loss_type!r}")
+    require(config.rpo_alpha >= 0, "rpo_alpha", "rpo_alpha: must be >= 0")
+    require(config.reward_pooling in REWARD_POOLINGS, "reward_pooling",
             f"reward_pooling: expected one of {', '.join(REWARD_POOLINGS)}, got {config.reward_pooling!r}")
-    require(config.group_size >= 2, "group_size: must be >= 2 (advantages compare completions within a group)")
-    require(config.max_new_tokens >= 1, "max_new_tokens: must be >= 1")
-    require(config.temperature > 0, "temperature: must be > 0 (GRPO samples)")
-    require(config.kl_beta >= 0 and config.clip_epsilon > 0, "kl_beta must be >= 0 and clip_epsilon > 0")
-    require(config.policy_updates >= 1, "policy_updates: must be >= 1")
-    require(config.method != "grpo" or bool(config.reward) != bool(config.reward_model),
+    require(config.group_size >= 2, "group_size",
+            "group_size: must be >= 2 (advantages compare completions within a group)")
+    require(config.max_new_tokens >= 1, "max_new_tokens", "max_new_tokens: must be >= 1")
+    require(config.temperature > 0, "temperature", "temperature: must be > 0 (GRPO samples)")
+    require(config.kl_beta >= 0 and config.clip_epsilon > 0, ("kl_beta", "clip_epsilon"),
+            "kl_beta must be >= 0 and clip_epsilon > 0")
+    require(config.policy_updates >= 1, "policy_updates", "policy_updates: must be >= 1")
+    require(config.method != "grpo" or bool(config.reward) != bool(config.reward_model), ("reward", "reward_model"),
             "grpo needs exactly one of --reward (function) or --reward-model (directory)")
-    require(config.replay_ratio >= 0, "replay_ratio: must be >= 0")
-    require(config.replay_ratio == 0 or bool(config.replay), "replay_ratio: needs --replay FILE (or builtin:pydoc)")
-    require(config.early_stopping_patience is None or config.early_stopping_patience >= 1, "early_stopping_patience: must be >= 1")
-    require(bool(config.data), "data: a training file is required (--data FILE)")
+    require(config.replay_ratio >= 0, "replay_ratio", "replay_ratio: must be >= 0")
+    require(config.replay_ratio == 0 or bool(config.replay), ("replay_ratio", "replay"),
+            "replay_ratio: needs --replay FILE (or builtin:pydoc)")
+    require(config.early_stopping_patience is None or config.early_stopping_patience >= 1, "early_stopping_patience",
+            "early_stopping_patience: must be >= 1")
+    require(bool(config.data), "data", "data: a training file is required (--data FILE)")
+    return problems
 
 
-def _unused_by_method(config: TrainConfig, chosen: dict[str, Any]) -> list[str]:
+def _unused_by_method(config: TrainConfig, chosen: dict[str, Any]) -> list[Problem]:
     """One problem per chosen key that `config.method` never reads (it would be silently ignored).
 
     Only a value other than the default counts as chosen: a saved train_config.json holds every key, and
@@ -257,13 +327,14 @@ def _unused_by_method(config: TrainConfig, chosen: dict[str, Any]) -> list[str]:
         methods, why_not = FIELDS[name].metadata["methods"], FIELDS[name].metadata["why_not"]
         if config.method not in methods and value != default_value(name):
             users = " and ".join([", ".join(methods[:-1]), methods[-1]] if len(methods) > 1 else methods)
-            problems.append(f"{name}: set to {value!r}, but method {config.method} does not use it "
-                            f"(only {users} {'does' if len(methods) == 1 else 'do'}){': ' + why_not if why_not else ''}")
+            problems.append(((name,), f"{name}: set to {value!r}, but method {config.method} does not use it "
+                             f"(only {users} {'does' if len(methods) == 1 else 'do'})"
+                             f"{': ' + why_not if why_not else ''}"))
     return problems
 
 
 def _unknown_key(key: str) -> str:
-    close = difflib.get_close_matches(key, FIELDS, n=1)
+    close = difflib.get_close_matches(key, [*FIELDS, *ALIASES], n=1)
     return f"unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else " (`tuneforge config` lists every key)")
 
 
@@ -295,27 +366,58 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(*layers: dict[str, Any]) -> TrainConfig:
-    """Merge layers (later wins), coerce types, check ranges and methods; report every problem at once."""
+    """Merge layers (later wins), coerce types, check ranges and methods; report every problem at once.
+
+    A key may be set under an alias (`ALIASES`); problems name it as it was written, e.g.
+    "num_train_epochs (epochs): must be > 0".
+    """
     merged: dict[str, Any] = {}
+    spelled: dict[str, str] = {}  # key -> the name the winning layer used for it
+    problems: list[Problem] = []
+    conflicted: set[str] = set()  # set twice in one layer: reported once, its value is not checked further
     for layer in layers:
-        merged.update({str(k).replace("-", "_"): v for k, v in layer.items()})
-    problems: list[str] = []
+        names_in_layer: dict[str, str] = {}
+        for raw, value in layer.items():
+            name = str(raw).replace("-", "_")
+            key = ALIASES.get(name, name)
+            if key not in FIELDS:
+                problems.append(((), _unknown_key(name)))
+                continue
+            if key in names_in_layer:
+                first = names_in_layer[key]
+                problems.append(((key,), f"{first} and {name} both set: they are one key ({key}), keep one"))
+                conflicted.add(key)
+                continue
+            names_in_layer[key] = name
+            merged[key], spelled[key] = value, name
     chosen: dict[str, Any] = {}
+    mistyped: set[str] = set(conflicted)
     for key, value in merged.items():
-        if key not in FIELDS:
-            problems.append(_unknown_key(key))
+        if key in conflicted:
             continue
         before = len(problems)
         coerced = _coerce(key, value, problems)
         if len(problems) == before:  # a value that failed is reported; its default stands in for the checks below
             chosen[key] = coerced
+        else:
+            mistyped.add(key)
     config = TrainConfig(**chosen)
     unused = _unused_by_method(config, chosen)
-    ranges: list[str] = []
-    _check_ranges(config, ranges)
-    # The range of a key the method ignores is beside the point: the unused-key problem says what to do.
-    unused_keys = {problem.split(":", 1)[0] for problem in unused}
-    problems += [p for p in ranges if p.split(":", 1)[0] not in unused_keys] + unused
+    # A range problem of a key whose value had the wrong type (or two values) is about the default that
+    # stood in (say nothing), and the range of a key the method ignores is beside the point (the unused-key problem says
+    # what to do).
+    beside_the_point = mistyped | {keys[0] for keys, _ in unused}
+    problems += [(keys, message) for keys, message in _check_ranges(config) if not set(keys) & beside_the_point]
+    problems += unused
     if problems:
-        raise UserError("config: " + "; ".join(problems), code="bad_config")
+        raise UserError("config: " + "; ".join(_as_written(keys, message, spelled) for keys, message in problems),
+                        code="bad_config")
     return config
+
+
+def _as_written(keys: tuple[str, ...], message: str, spelled: dict[str, str]) -> str:
+    """The problem of a key set under an alias names the alias too: "num_train_epochs (epochs): ..."."""
+    if len(keys) != 1 or spelled.get(keys[0], keys[0]) == keys[0] or not message.startswith(f"{keys[0]}:"):
+        return message
+    key = keys[0]
+    return f"{spelled[key]} ({key}):{message.removeprefix(f'{key}:')}"

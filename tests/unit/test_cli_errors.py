@@ -38,8 +38,8 @@ def test_missing_file_and_bad_override_exit_2(tmp_path):
     result = run_cli("train", "--data", str(tmp_path / "nope.jsonl"))
     assert result.returncode == 2 and "nope.jsonl" in result.stderr and "Traceback" not in result.stderr
     data = write_jsonl(tmp_path / "ok.jsonl", ['{"prompt": "a", "completion": "b"}'])
-    result = run_cli("train", "--data", str(data), "lora_rank=4")
-    assert result.returncode == 2 and "unknown key 'lora_rank'" in result.stderr
+    result = run_cli("train", "--data", str(data), "lora_rnk=4")
+    assert result.returncode == 2 and "unknown key 'lora_rnk'" in result.stderr
 
 
 def test_unknown_model_is_a_clear_error(tmp_path):
@@ -50,10 +50,34 @@ def test_unknown_model_is_a_clear_error(tmp_path):
 
 def test_every_config_problem_is_one_line_before_anything_loads(tmp_path, capsys):
     data = write_jsonl(tmp_path / "ok.jsonl", ['{"prompt": "a", "completion": "b"}'] * 12)
-    code = main(["train", "--data", str(data), "--output", str(tmp_path / "out"), "--beta", "0.5", "lora_rank=4",
+    code = main(["train", "--data", str(data), "--output", str(tmp_path / "out"), "--beta", "0.5", "lora_rnk=4",
                  "epochs=0"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
-    assert err == ("tuneforge: error: config: unknown key 'lora_rank' (did you mean 'lora_r'?); epochs: must be > 0; "
+    assert err == ("tuneforge: error: config: unknown key 'lora_rnk' (did you mean 'lora_r'?); epochs: must be > 0; "
                    "beta: set to 0.5, but method sft does not use it (only dpo does)")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "data.jsonl"], "'data.jsonl': expected a config file (.yaml, .yml, .json) or key=value (training data "
+                              "goes in --data FILE)"),
+    (["train", "a.yaml", "b.yaml"], "one config file per run, got a.yaml and b.yaml"),
+    (["train", "--config", "a.yaml", "b.yaml"], "one config file per run, got a.yaml and b.yaml"),
+    (["train", "missing.yaml"], "missing.yaml: config file not found"),
+])  # fmt: skip
+def test_a_positional_that_is_not_one_config_file_or_key_value_is_one_line(argv, expected, capsys, tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tuneforge: error: " + expected) and len(err.splitlines()) == 1, err
+
+
+def test_an_unknown_flag_is_still_refused_by_argparse_wherever_it_stands(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--data", "x.jsonl", "lora_r=8", "--method", "dpo", "--no-such-flag", "beta=0.2"])
+    assert exited.value.code == 2 and "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "--data", "x.jsonl", "stray"])  # a verb without key=value keeps argparse's refusal
+    assert "unrecognized arguments: stray" in capsys.readouterr().err

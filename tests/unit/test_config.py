@@ -1,4 +1,5 @@
-"""`config.build_config` is strict and says everything at once; every key is documented; `tuneforge config`."""
+"""`config.build_config` is strict and says everything at once; every key is documented; other tools' names
+for keys (aliases); the shipped example configs load; `tuneforge config`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,18 @@ import json
 import pytest
 
 from tuneforge.cli import main
-from tuneforge.config import FIELDS, METHODS, TrainConfig, build_config, default_value, describe_keys
+from tuneforge.config import (
+    ALIASES,
+    EXAMPLES,
+    FIELDS,
+    METHODS,
+    TrainConfig,
+    build_config,
+    default_value,
+    describe_keys,
+    example_config,
+    load_yaml,
+)
 from tuneforge.errors import UserError
 
 # What each method needs on top of its defaults to be a valid config.
@@ -25,9 +37,9 @@ def problems_of(*layers) -> list[str]:
 
 
 def test_every_kind_of_problem_is_reported_in_one_error():
-    found = problems_of({"data": "x.jsonl", "lora_rank": 8, "batch_size": "many", "epochs": 0},
+    found = problems_of({"data": "x.jsonl", "lora_rnk": 8, "batch_size": "many", "epochs": 0},
                         {"beta": 0.5, "group_size": 8})
-    assert found[0] == "unknown key 'lora_rank' (did you mean 'lora_r'?)"
+    assert found[0] == "unknown key 'lora_rnk' (did you mean 'lora_r'?)"
     assert "batch_size: expected int, got 'many'" in found
     assert "epochs: must be > 0" in found
     assert "beta: set to 0.5, but method sft does not use it (only dpo does)" in found
@@ -98,7 +110,8 @@ def test_describe_keys_lists_every_key_or_those_of_one_method():
     assert not dpo & {"replay", "reward_pooling", "group_size", "early_stopping_patience"}
     lora = next(k for k in every if k["key"] == "lora_target_modules")
     assert lora == {"key": "lora_target_modules", "type": "list[str]", "default": ["all-linear"],
-                    "methods": list(METHODS), "description": FIELDS["lora_target_modules"].metadata["doc"]}
+                    "methods": list(METHODS), "description": FIELDS["lora_target_modules"].metadata["doc"],
+                    "aliases": ["lora_target"]}
 
 
 def test_config_verb_json_is_one_object_with_every_key(capsys):
@@ -114,7 +127,8 @@ def test_config_verb_text_is_a_line_per_key_with_type_default_methods_descriptio
     rows = {line.split()[0]: line for line in lines[1:]}
     assert set(rows) == {k["key"] for k in describe_keys("dpo")}
     assert rows["beta"].split()[:4] == ["beta", "float", "0.1", "dpo"]
-    assert rows["beta"].endswith(FIELDS["beta"].metadata["doc"])
+    assert rows["beta"].endswith(FIELDS["beta"].metadata["doc"] + " [also: pref_beta]")
+    assert rows["loss_type"].endswith(FIELDS["loss_type"].metadata["doc"] + " [also: pref_loss]")
     assert rows["max_length"].split()[:6] == ["max_length", "int", "2048", "sft,", "dpo,", "reward"]
     assert rows["validation_data"].split()[:6] == ["validation_data", "str", "|", "None", "null", "all"]
 
@@ -123,3 +137,86 @@ def test_train_help_points_at_the_config_verb(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "tuneforge config [--method M]" in capsys.readouterr().out
+
+
+def test_type_and_range_problems_come_together_and_a_mistyped_key_is_reported_once():
+    """The range checks run on every key that did coerce; a key whose value had the wrong type is not
+    also blamed for the default that stood in for it (data: required), nor in a rule between keys."""
+    found = problems_of({"data": ["a.jsonl"], "epochs": 0, "lora_r": "x", "lora_dropout": 1.5})
+    assert found == ["data: expected str, got ['a.jsonl']", "lora_r: expected int, got 'x'", "epochs: must be > 0",
+                     "lora_dropout: must be in [0, 1)"]
+    assert problems_of({"data": "x.jsonl", "method": "grpo", "reward": ["a"], "group_size": 1}) == [
+        "reward: expected str, got ['a']", "group_size: must be >= 2 (advantages compare completions within a group)"]
+
+
+def test_aliases_are_the_names_other_tools_use_and_mean_their_key():
+    for alias, key in ALIASES.items():
+        assert key in FIELDS and alias not in FIELDS, alias
+    config = build_config({"data": "x.jsonl", "num_train_epochs": 2, "per_device_train_batch_size": 2,
+                           "gradient_accumulation_steps": 4, "output_dir": "runs/a", "model_name_or_path": "m",
+                           "lr": "1e-4", "cutoff_len": 512, "lora_target": "q_proj,v_proj", "val_set_size": 0.1,
+                           "lr_scheduler_type": "linear", "logging_steps": 5})
+    assert (config.epochs, config.batch_size, config.gradient_accumulation, config.output, config.model) == (
+        2.0, 2, 4, "runs/a", "m")
+    assert (config.learning_rate, config.max_length, config.lora_target_modules, config.validation_split) == (
+        1e-4, 512, ["q_proj", "v_proj"], 0.1)
+    assert (config.lr_schedule, config.log_every) == ("linear", 5)
+    assert "num_train_epochs" not in config.to_dict()  # train_config.json is written with the keys
+    dpo = build_config({"data": "x.jsonl", "method": "dpo", "pref_beta": 0.3, "pref_loss": "ipo"})
+    assert (dpo.beta, dpo.loss_type) == (0.3, "ipo")
+    grpo = build_config({"data": "x.jsonl", "method": "grpo", "reward": "exact_match", "num_generations": 8,
+                         "max_completion_length": 32})
+    assert (grpo.group_size, grpo.max_new_tokens) == (8, 32)
+
+
+def test_a_key_set_twice_in_one_layer_is_an_error_and_a_later_layer_wins_as_always():
+    assert problems_of({"data": "x.jsonl", "num_train_epochs": 0, "epochs": 2}) == [
+        "num_train_epochs and epochs both set: they are one key (epochs), keep one"]
+    assert problems_of({"data": "x.jsonl", "num_epochs": 1, "num_train_epochs": 2}) == [
+        "num_epochs and num_train_epochs both set: they are one key (epochs), keep one"]
+    assert build_config({"data": "x.jsonl", "num_train_epochs": 2}, {"epochs": 5}).epochs == 5
+    assert build_config({"data": "x.jsonl", "epochs": 2}, {"num_train_epochs": 5}).epochs == 5
+
+
+def test_a_problem_of_a_key_set_under_an_alias_names_the_alias():
+    assert problems_of({"data": "x.jsonl", "num_train_epochs": 0, "lr": "fast", "method": "dpo",
+                        "max_completion_length": 16}) == [
+        "lr (learning_rate): expected float, got 'fast'", "num_train_epochs (epochs): must be > 0",
+        "max_completion_length (max_new_tokens): set to 16, but method dpo does not use it (only grpo does)"]
+    assert problems_of({"data": "x.jsonl", "lora_target": "all"}) == [
+        "lora_target (lora_target_modules): 'all' is spelled all-linear here (every linear layer but the output head)"]
+
+
+def test_an_unknown_key_may_be_close_to_an_alias():
+    assert problems_of({"data": "x.jsonl", "num_train_epoch": 2}) == [
+        "unknown key 'num_train_epoch' (did you mean 'num_train_epochs'?)"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_shipped_example_config_loads_and_is_its_methods(method):
+    path = example_config(method)
+    assert path.parent == EXAMPLES and path.name == f"{method}.yaml"
+    layer = load_yaml(path)
+    assert not set(layer) & set(ALIASES), "examples teach the keys themselves"
+    config = build_config(layer)
+    assert config.method == method and config.data
+    assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == sorted(f"{m}.yaml" for m in METHODS)
+
+
+def test_config_verb_prints_an_example_to_start_a_file_from(capsys, tmp_path):
+    assert main(["config", "--example", "dpo"]) == 0
+    text = capsys.readouterr().out
+    assert text == example_config("dpo").read_text() and text.startswith("# ")
+    (tmp_path / "mine.yaml").write_text(text)
+    assert build_config(load_yaml(tmp_path / "mine.yaml")).loss_type == "sigmoid"
+    with pytest.raises(SystemExit):
+        main(["config", "--example", "ppo"])
+    assert "invalid choice: 'ppo'" in capsys.readouterr().err
+
+
+def test_config_verb_json_lists_each_keys_aliases(capsys):
+    assert main(["config", "--json"]) == 0
+    keys = {k["key"]: k for k in json.loads(capsys.readouterr().out)["keys"]}
+    assert keys["epochs"]["aliases"] == ["num_train_epochs", "num_epochs"]
+    assert set(keys["learning_rate"]["aliases"]) == {"lr"}
+    assert sorted(alias for k in keys.values() for alias in k["aliases"]) == sorted(ALIASES)

@@ -16,12 +16,13 @@ from pathlib import Path
 
 def add_eval_command(subparsers) -> None:
     p = subparsers.add_parser("eval", help="exact match (and JSON validity) of greedy answers on a test JSONL")
-    p.add_argument("--data", required=True)
-    p.add_argument("--model")
-    p.add_argument("--adapter")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--predictions", help="write each prompt, reference and prediction to this JSONL")
+    p.add_argument("--data", required=True, help="test JSONL (the last assistant turn is the reference)")
+    p.add_argument("--model", help="base model (default: the adapter's base, else smollm2-135m-instruct)")
+    p.add_argument("--adapter", help="LoRA adapter dir or full fine-tuned model dir (default: none, the base model)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest answer, in tokens (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="prompts answered together (default: %(default)s)")
+    p.add_argument("--predictions",
+                   help="write each prompt, reference and prediction to this JSONL (default: none)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=run_eval)
 
@@ -56,21 +57,28 @@ def add_compare_command(subparsers) -> None:
     p.add_argument("--data", required=True, help="test JSONL (the last assistant turn is the reference)")
     p.add_argument("--adapter", required=True, help="LoRA adapter dir or full fine-tuned model dir")
     p.add_argument("--model", help="base model (default: the one the adapter was trained on)")
-    p.add_argument("--shots", type=int, default=0, help="few-shot examples in the prompt (needs --shots-from)")
-    p.add_argument("--shots-from", help="JSONL to draw few-shot examples from (usually the training file)")
-    p.add_argument("--output", help="report folder (default ADAPTER/report)")
-    p.add_argument("--format-regex", help="an answer is format-valid when it fully matches this regex")
-    p.add_argument("--json-schema", help="an answer is format-valid when it is JSON valid against this schema file")
+    p.add_argument("--shots", type=int, default=0,
+                   help="few-shot examples in the prompt (needs --shots-from) (default: %(default)s)")
+    p.add_argument("--shots-from",
+                   help="JSONL to draw few-shot examples from, usually the training file (default: none)")
+    p.add_argument("--output", help="report folder (default: ADAPTER/report)")
+    p.add_argument("--format-regex", help="an answer is format-valid when it fully matches this regex (default: none)")
+    p.add_argument("--json-schema",
+                   help="an answer is format-valid when it is JSON valid against this schema file (default: none)")
     p.add_argument(
-        "--max-forgetting", type=float, help="fail (exit 1) when general-text perplexity rises more than PCT%%"
+        "--max-forgetting", type=float,
+        help="fail (exit 1) when general-text perplexity rises more than PCT%% (default: none, no gate)",
     )
-    p.add_argument("--limit", type=int, help="only the first N test examples")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--latency-samples", type=int, default=8, help="prompts answered one at a time for latency p50/p95")
-    p.add_argument("--seed", type=int, default=0, help="which few-shot examples are drawn")
-    p.add_argument("--forgetting-windows", type=int, default=32, help="general-text windows for perplexity and KL")
-    p.add_argument("--window-tokens", type=int, default=128)
+    p.add_argument("--limit", type=int, help="only the first N test examples (default: all)")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts answered together (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest answer, in tokens (default: %(default)s)")
+    p.add_argument("--latency-samples", type=int, default=8,
+                   help="prompts answered one at a time for latency p50/p95 (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="which few-shot examples are drawn (default: %(default)s)")
+    p.add_argument("--forgetting-windows", type=int, default=32,
+                   help="general-text windows for perplexity and KL (default: %(default)s)")
+    p.add_argument("--window-tokens", type=int, default=128,
+                   help="tokens per general-text window (default: %(default)s)")
     p.add_argument("--no-forgetting", action="store_true", help="skip the forgetting measurements")
     p.set_defaults(func=run_compare)
 

@@ -13,10 +13,12 @@ def add_generate_command(subparsers) -> None:
     p = subparsers.add_parser("generate", help="answer a prompt (or chat in a REPL) with a base model or adapter")
     p.add_argument("prompt", nargs="?", help="the user message; omit for an interactive chat")
     p.add_argument("--model", help="base model (default: the adapter's base, else smollm2-135m-instruct)")
-    p.add_argument("--adapter", help="LoRA adapter dir or full fine-tuned model dir")
-    p.add_argument("--system", help="system message")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--adapter", help="LoRA adapter dir or full fine-tuned model dir (default: none, the base model)")
+    p.add_argument("--system", help="system message put before the conversation (default: none)")
+    p.add_argument("--max-new-tokens", type=int, default=256,
+                   help="longest answer, in tokens (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="sampling temperature; 0 answers greedily (default: %(default)s)")
     p.set_defaults(func=run_generate)
 
 

@@ -1,8 +1,10 @@
-"""The `tuneforge train` verb:  tuneforge train --data train.jsonl --output runs/demo [--method dpo] [key=value ...]
+"""The `tuneforge train` verb:  tuneforge train [run.yaml] --data train.jsonl --output runs/demo [key=value ...]
 
-Config layers (YAML, key=value, flags) -> `config.build_config`; the training files are checked with
-validate's messages before the model loads; then the method's recipe runs (`recipes_by_method`), under torchrun
-when --nproc asks for it. Prints one JSON line of the summary; exit 1 when the forgetting gate fails.
+Config layers (a YAML file, key=value, flags) -> `config.build_config`; key=value overrides may stand
+anywhere on the line (`cli.main` hands over the ones argparse leaves). The training files are checked
+with validate's messages before the model loads; then the method's recipe runs (`recipes_by_method`),
+under torchrun when --nproc asks for it. Prints one JSON line of the summary; exit 1
+when the forgetting gate fails.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ TRAIN_FLAGS = {
     "reward": "reward",
     "reward_model": "reward_model",
 }
+# Other spellings of a flag: those of tuneforge's other verbs (validate --validation-file, split
+# --validation-fraction), so one habit works everywhere.
+FLAG_ALIASES = {"validation_data": ["--validation-file"], "validation_split": ["--validation-fraction"]}
+FLAG_TYPES = {"validation_split": float, "epochs": float, "max_steps": int, "batch_size": int, "lr": float,
+              "seed": int, "save_every": int, "beta": float, "replay_ratio": float, "max_forgetting": float}
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")  # a run's train_config.json is a config file too
 SUMMARY_KEYS = ("status", "output", "steps", "trained_tokens", "tokens_per_second", "final_train_loss",
                 "final_valid_loss", "eval", "forgetting")
 
@@ -49,55 +57,67 @@ def recipes_by_method() -> dict:
 
 
 def add_train_command(subparsers) -> None:
+    from tuneforge.config import FIELDS, default_value
+
     p = subparsers.add_parser(
         "train",
         help="fine-tune a model (SFT with LoRA or full; dpo, reward, grpo)",
-        epilog="Every config key, with its type, default and the methods that use it: tuneforge config [--method M]",
+        usage="tuneforge train [CONFIG.yaml] [options] [key=value ...]",
+        epilog="Every config key, with its type, default and the methods that use it: tuneforge config [--method M]. "
+        "A commented example: tuneforge config --example sft|dpo|reward|grpo. Options and key=value may come in "
+        "any order; flags win over key=value, which wins over the file.",
     )
-    p.add_argument("--data", help="training JSONL (OpenAI chat or prompt/completion format)")
-    p.add_argument("--validation-data", help="validation JSONL; its loss is logged at intervals")
-    p.add_argument("--validation-split", type=float, help="hold out this fraction of --data for validation (by seed)")
-    p.add_argument("--model", help="alias, HF model dir, .gguf file or cached hub id (default smollm2-135m-instruct)")
-    p.add_argument("--method", help="sft (default), dpo, reward or grpo")
-    p.add_argument("--full", action="store_true", default=None, help="full fine-tuning instead of LoRA")
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--batch-size", type=int, help="examples per optimizer step")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3 LoRA, 5e-5 full)")
-    p.add_argument("--output", help="output directory (default runs/latest)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--save-every", type=int, help="write a resumable checkpoint every N steps")
-    p.add_argument("--resume", help="'auto' (latest checkpoint in --output) or a checkpoint directory")
-    p.add_argument("--eval-data", help="evaluate on this test JSONL after training (results in summary.json)")
-    p.add_argument("--init-adapter", help="start from this LoRA adapter (e.g. an SFT run before DPO)")
-    p.add_argument("--beta", type=float, help="preference-tuning temperature (dpo)")
-    p.add_argument("--replay", help="general data mixed into training against forgetting (JSONL/text, builtin:pydoc, or builtin:self: the model's own answers to general prompts)")
-    p.add_argument("--replay-ratio", type=float, help="replay examples per training example (e.g. 0.25)")
-    p.add_argument(
-        "--max-forgetting", type=float, help="fail (exit 1) if general-text perplexity rises more than PCT%%"
-    )
-    p.add_argument("--reward", help="grpo reward: exact_match, json_format, json_fields or module:function")
-    p.add_argument("--reward-model", help="grpo reward: a directory written by --method reward")
-    p.add_argument("--config", help="YAML file of config keys")
-    p.add_argument("--nproc", type=int, help="train on N local processes (torchrun --standalone; DDP / FSDP2)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="any config key, e.g. lora_r=32 max_length=1024")
+    for dest, key in TRAIN_FLAGS.items():
+        flag = "--" + dest.replace("_", "-")
+        # The help of a flag is its config key's, so `--help` and `tuneforge config` say the same.
+        text = f"{FIELDS[key].metadata['doc']} (default: {shown_default(default_value(key))})".replace("%", "%%")
+        if dest == "full":
+            p.add_argument(flag, action="store_true", default=None, help=text)
+        else:
+            p.add_argument(flag, *FLAG_ALIASES.get(dest, []), dest=dest, type=FLAG_TYPES.get(dest), help=text)
+    p.add_argument("--config", help="YAML file of config keys, the same as the CONFIG.yaml argument (default: none)")
+    p.add_argument("--nproc", type=int,
+                   help="train on N local processes (torchrun --standalone; DDP / FSDP2) (default: 1)")
+    p.add_argument("overrides", nargs="*", metavar="CONFIG.yaml | key=value",
+                   help="a YAML config file, then any config key, e.g. lora_r=32 max_length=1024 (anywhere on the line)")
     p.set_defaults(func=run_train)
+
+
+def shown_default(value) -> str:
+    """A default as a user would type it: none, true/false, a comma-separated list."""
+    if value is None or value == "":
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(value) or "none"
+    return str(value)
 
 
 def train_config_from_args(args):
     from tuneforge.config import build_config, load_yaml, parse_overrides
 
-    file_layer = load_yaml(args.config) if args.config else {}
+    files = [item for item in args.overrides if "=" not in item]
+    for item in files:
+        if not item.lower().endswith(CONFIG_SUFFIXES):
+            hint = " (training data goes in --data FILE)" if item.lower().endswith((".jsonl", ".txt")) else ""
+            raise UserError(f"'{item}': expected a config file ({', '.join(CONFIG_SUFFIXES)}) or key=value{hint}",
+                            code="bad_override")
+    if args.config:
+        files.insert(0, args.config)
+    if len(files) > 1:
+        raise UserError(f"one config file per run, got {' and '.join(files)}: merge them, or override keys with "
+                        "key=value", code="bad_override")
+    file_layer = load_yaml(files[0]) if files else {}
     flag_layer = {
         key: getattr(args, dest) for dest, key in TRAIN_FLAGS.items() if getattr(args, dest, None) is not None
     }
-    return build_config(file_layer, parse_overrides(args.overrides), flag_layer)
+    return build_config(file_layer, parse_overrides([item for item in args.overrides if "=" in item]), flag_layer)
 
 
 def run_train(args) -> int:
     config = train_config_from_args(args)
     from tuneforge.distributed import World, check_distributed_config, launched_world, leave
-
     if args.nproc and args.nproc > 1:
         check_distributed_config(config, World(0, args.nproc, 0))  # say it once, before torchrun starts N copies
         return launch_torchrun(args.nproc, args.argv)
