@@ -25,6 +25,7 @@ METHODS = ("sft", "dpo", "reward", "grpo")
 REWARD_POOLINGS = ("last", "mean", "sum")
 SCHEDULES = ("cosine", "linear", "constant")
 LOSS_TYPES = ("sigmoid", "ipo", "simpo")
+TRACKERS = ("tensorboard", "mlflow", "trackio", "wandb")  # tuneforge/tracking.py, one class each
 EXAMPLES = Path(__file__).parent / "configs"  # METHOD.yaml for each method, shipped in the package
 
 # The recipes that read a key (tuneforge/recipes/<method>.py with the shared run shell and trainable.py).
@@ -87,6 +88,11 @@ class TrainConfig:
     eval_every: int | None = setting(None, "measure the validation data every N steps; none: about 5 times a run")
     save_every: int | None = setting(None, "write a resumable checkpoint every N steps")
     keep_checkpoints: int = setting(2, "how many of the latest checkpoints to keep")
+    report_to: list[str] = setting([], "experiment trackers, several allowed: tensorboard, mlflow, trackio, wandb "
+                                   "(docs/tracking.md); none: metrics.jsonl only")
+    run_name: str | None = setting(None, "the run's name in the trackers; none: the output folder's name")
+    project: str | None = setting(None, "tracker project (MLflow experiment, trackio / W&B project); none: "
+                                  "$MLFLOW_EXPERIMENT_NAME / $WANDB_PROJECT, else tuneforge")
     resume: str | None = setting(None, "'auto' (the latest checkpoint in output) or a checkpoint directory")
     eval_data: str | None = setting(None, "after training, exact match on this test file (in summary.json)",
                                     NOT_REWARD, "a reward model does not answer prompts, its measure is pairwise "
@@ -221,6 +227,8 @@ def _coerce(name: str, value: Any, problems: list[Problem]) -> Any:
     optional = typing.get_origin(declared) in (typing.Union, types.UnionType) and type(None) in typing.get_args(declared)
     base = next(a for a in typing.get_args(declared) if a is not type(None)) if optional else declared
     origin = typing.get_origin(base)
+    if origin is list and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+        return []  # report_to=none, as TRL spells "no tracker"
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
         if optional:
             return None
@@ -290,6 +298,9 @@ def _check_ranges(config: TrainConfig) -> list[Problem]:
     require(config.save_every is None or config.save_every > 0, "save_every", "save_every: must be > 0")
     require(config.eval_every is None or config.eval_every > 0, "eval_every", "eval_every: must be > 0")
     require(config.keep_checkpoints >= 1, "keep_checkpoints", "keep_checkpoints: must be >= 1")
+    unknown_trackers = [name for name in config.report_to if name not in TRACKERS]
+    require(not unknown_trackers, "report_to",
+            f"report_to: expected {', '.join(TRACKERS[:-1])} or {TRACKERS[-1]} (or none), got {', '.join(unknown_trackers)}")
     require(config.beta > 0, "beta", "beta: must be > 0")
     require(config.loss_type in LOSS_TYPES, "loss_type",
             f"loss_type: expected one of {', '.join(LOSS_TYPES)}, got {config.loss_type!r}")

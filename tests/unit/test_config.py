@@ -192,6 +192,19 @@ def test_an_unknown_key_may_be_close_to_an_alias():
         "unknown key 'num_train_epoch' (did you mean 'num_train_epochs'?)"]
 
 
+@pytest.mark.parametrize(("value", "expected"), [
+    ("none", []), (None, []), ([], []), ("tensorboard", ["tensorboard"]), ("mlflow, wandb", ["mlflow", "wandb"]),
+    (["trackio", "tensorboard"], ["trackio", "tensorboard"]),
+])  # fmt: skip
+def test_report_to_is_a_list_of_trackers_and_none_is_empty(value, expected):
+    assert build_config({"data": "x.jsonl", "report_to": value}).report_to == expected
+
+
+def test_report_to_names_the_trackers_it_knows():
+    assert problems_of({"data": "x.jsonl", "report_to": "tensorboard,neptune,all"}) == [
+        "report_to: expected tensorboard, mlflow, trackio or wandb (or none), got neptune, all"]
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_every_shipped_example_config_loads_and_is_its_methods(method):
     path = example_config(method)

@@ -140,3 +140,62 @@ def test_train_and_validation_splits_by_seed_unless_a_validation_file_is_given(t
     with_file = config_for(tmp_path, validation_split=0.25, validation_data="valid.jsonl")
     loaded = run.train_and_validation(with_file, lambda path: [path])
     assert loaded == (["train.jsonl"], ["valid.jsonl"])
+
+
+class RecordingTracker:
+    """Stands in for a backend of tuneforge/tracking.py: what the shell hands its trackers, in order."""
+
+    def __init__(self):
+        self.calls = []
+
+    def log(self, values, step):
+        self.calls.append(("log", step, values))
+
+    def log_params(self, params):
+        self.calls.append(("params", params))
+
+    def close(self, status):
+        self.calls.append(("close", status))
+
+
+def test_the_trackers_get_what_metrics_jsonl_gets_at_its_steps_and_the_runs_status(tmp_path, monkeypatch):
+    """The config as params first; each train record written (log_every) and each validation record at its
+    step; closed once with the run's status (the shell's exit after finish closes nothing twice)."""
+    from tuneforge import tracking
+
+    recorder, opened = RecordingTracker(), []
+
+    def open_trackers(config, output, *, resumed_at, enabled=True):
+        opened.append((resumed_at, enabled))
+        return tracking.Trackers([recorder])
+
+    monkeypatch.setattr(tracking, "open_trackers", open_trackers)
+    config = config_for(tmp_path, max_steps=6, log_every=2)
+    with run.start(config, torch.nn.Linear(3, 1), None, "cpu", torch.float32, n_items=24, items_per_step=4,
+                   describe="test", items="24 items") as shell:
+        run.log_valid(shell, {"valid_loss": 2.0})
+        for step in run.steps(shell, lambda epoch: [list(range(i, i + 4)) for i in range(0, 24, 4)]):
+            run.log(shell, step, {"loss": 1.0 / (step.number + 1), "rewards/margins": 0.5}, tokens=8)
+        run.finish(shell, {})
+    assert opened == [(None, True)]
+    assert recorder.calls[0] == ("params", config.to_dict())
+    logged = [(step, values) for kind, step, values in (c for c in recorder.calls if c[0] == "log")]
+    written = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [step for step, _ in logged] == [r["step"] for r in written] == [0, 2, 4, 6]
+    assert logged[0][1] == {"valid/valid_loss": 2.0}
+    for (_, values), record in zip(logged[1:], written[1:], strict=True):
+        assert values == {f"train/{key}": float(value) for key, value in record.items() if key not in ("type", "step")}
+    assert "train/rewards/margins" in logged[1][1] and "train/tokens_per_second" in logged[1][1]
+    assert recorder.calls[-1] == ("close", "completed") and sum(c[0] == "close" for c in recorder.calls) == 1
+
+
+def test_a_run_that_fails_closes_its_trackers_as_failed(tmp_path, monkeypatch):
+    from tuneforge import tracking
+
+    recorder = RecordingTracker()
+    monkeypatch.setattr(tracking, "open_trackers", lambda *args, **kwargs: tracking.Trackers([recorder]))
+    with pytest.raises(RuntimeError):
+        with run.start(config_for(tmp_path, max_steps=2), torch.nn.Linear(3, 1), None, "cpu", torch.float32,
+                       n_items=8, items_per_step=4, describe="test", items="8 items"):
+            raise RuntimeError("out of memory")
+    assert recorder.calls[-1] == ("close", "failed")

@@ -1,9 +1,9 @@
 """The `tuneforge train` verb:  tuneforge train [run.yaml] --data train.jsonl --output runs/demo [key=value ...]
 
 Config layers (a YAML file, key=value, flags) -> `config.build_config`; key=value overrides may stand
-anywhere on the line (`cli.main` hands over the ones argparse leaves). The training files are checked
-with validate's messages before the model loads; then the method's recipe runs (`recipes_by_method`),
-under torchrun when --nproc asks for it. Prints one JSON line of the summary; exit 1
+anywhere on the line (`cli.main` hands over the ones argparse leaves). The trackers' packages are checked
+and the training files with validate's messages before the model loads; then the method's recipe runs
+(`recipes_by_method`), under torchrun when --nproc asks for it. Prints one JSON line of the summary; exit 1
 when the forgetting gate fails.
 """
 
@@ -118,6 +118,9 @@ def train_config_from_args(args):
 def run_train(args) -> int:
     config = train_config_from_args(args)
     from tuneforge.distributed import World, check_distributed_config, launched_world, leave
+    from tuneforge.tracking import require_packages
+
+    require_packages(config.report_to)  # say what to install now, not after the model has loaded
     if args.nproc and args.nproc > 1:
         check_distributed_config(config, World(0, args.nproc, 0))  # say it once, before torchrun starts N copies
         return launch_torchrun(args.nproc, args.argv)

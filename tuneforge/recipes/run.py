@@ -5,7 +5,7 @@
         for step in run.steps(shell, plan_for_epoch):       # resume skip; stop, early stop and the budget end it
             ... the recipe's own micro-batches, loss call and backward scaling ...
             run.optimizer_step(shell, step)                 # clip, scheduled lr, AdamW, a stop vote of every rank
-            run.log(shell, step, {"loss": ...}, tokens=...)  # progress, metrics.jsonl, the progress bar
+            run.log(shell, step, {"loss": ...}, tokens=...)  # progress, metrics.jsonl + trackers, the bar
             if run.validation_due(shell): run.log_valid(shell, {...})
             run.checkpoint_if_due(shell, step)              # THE checkpoint rule
         ... save the weights ...
@@ -15,7 +15,8 @@ No base class, no hooks: a recipe reads top to bottom and every call is where it
 live here (losses are `tuneforge.losses`, the schedule `tuneforge.schedule`, batching `tuneforge.data`).
 What lives here once, for every method: the step plan and its resume point, one checkpoint progress format
 (`Progress`), metrics.jsonl trimmed on resume, train_seconds carried across attempts, what a stop signal
-does, the checkpoint rule, and the summary keys every method writes.
+does, the checkpoint rule, the summary keys every method writes, and the experiment trackers
+(`report_to`, tuneforge/tracking.py), which get what metrics.jsonl gets, where it gets it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tuneforge import __version__, distributed
+from tuneforge import __version__, distributed, tracking
 from tuneforge.checkpoint import load_checkpoint, resume_point, save_checkpoint, write_json_atomic
 from tuneforge.config import TrainConfig
 from tuneforge.data.curation import split_validation
@@ -131,14 +132,16 @@ class Run:
     lr: float = 0.0
     seconds_before: float = 0.0  # train_seconds of earlier attempts
     throughput: Throughput = field(default_factory=lambda: Throughput())
+    tracker: tracking.Trackers = field(default_factory=tracking.Trackers)  # report_to; none on ranks > 0
 
     def __enter__(self) -> Run:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self.bar.close()
         self.stop.restore()
         self.metrics.close()
+        self.tracker.close("failed" if exc_type else self.status)  # finish closed it already on success
 
 
 def seed_everything(seed: int) -> None:
@@ -191,6 +194,9 @@ def start(
         if world.is_main:  # drop what the dead attempt logged past its checkpoint
             logged = trim_metrics(output / "metrics.jsonl", progress.step)
     n_parameters, n_trainable = count_parameters(model)
+    tracker = tracking.open_trackers(config, output, resumed_at=progress.step if resumed_from else None,
+                                     enabled=world.is_main)
+    tracker.log_params(config.to_dict())
     if world.is_main:
         print(
             f"tuneforge: {describe} on {config.model} | {items}, {total_steps} steps, "
@@ -224,6 +230,7 @@ def start(
         history=[r for r in logged if r.get("type") == "train"],
         valid_history=[r for r in logged if r.get("type") == "valid"],
         seconds_before=progress.train_seconds,
+        tracker=tracker,
     )
 
 
@@ -289,6 +296,7 @@ def log(run: Run, step: Step, values: dict, *, tokens: int, loss_tokens: int = 0
     run.history.append(record)
     if progress.step % run.config.log_every == 0 or progress.step == run.total_steps:
         run.metrics.write(record)
+        run.tracker.log(tracking.scalars("train", record), step=progress.step)
     run.bar.set_postfix({key: f"{values[key]:.4f}" for key in show} | {"tok_s": f"{run.throughput.tokens_per_second:.0f}"})
     run.bar.update(1)
     return record
@@ -303,6 +311,7 @@ def log_valid(run: Run, values: dict) -> dict:
     record = {"type": "valid", "step": run.progress.step, **values}
     run.valid_history.append(record)
     run.metrics.write(record)
+    run.tracker.log(tracking.scalars("valid", record), step=run.progress.step)
     return record
 
 
@@ -372,7 +381,10 @@ def finish(run: Run, method_fields: dict) -> dict:
         from tuneforge.evaluate.compare import training_eval
 
         summary.update(training_eval(run.model, run.tokenizer, config))  # "eval" and "forgetting" (with its gate)
+        run.tracker.log(tracking.scalars("eval", summary.get("eval")) | tracking.scalars("forgetting",
+                        summary.get("forgetting")), step=progress.step)
     write_json_atomic(run.output / "summary.json", summary)
+    run.tracker.close(run.status)
     return summary
 
 
