@@ -29,6 +29,7 @@ VERBS = (
     data.add_preview_command,
     data.add_split_command,
     data.add_dedup_command,
+    data.add_convert_command,
     evaluate.add_compare_command,
     export.add_export_command,
     config.add_config_command,

@@ -15,7 +15,8 @@ from tuneforge.commands.train import recipes_by_method
 from tuneforge.config import METHODS
 
 ROOT = Path(__file__).resolve().parents[2]
-CORE_VERBS = ["train", "generate", "eval", "validate", "preview", "split", "dedup", "compare", "export", "config"]
+CORE_VERBS = ["train", "generate", "eval", "validate", "preview", "split", "dedup", "convert", "compare", "export",
+              "config"]
 
 
 def verbs(parser) -> list[str]:
