@@ -206,3 +206,16 @@ def test_sequences_are_in_conversation_order_and_each_turn_is_trained_once():
     sequences = trained_sequences(tokenizer, REASONING_CONVERSATION)
     assert [len(spans) for _, spans in sequences] == [1, 1, 1]
     assert [len(text) for text, _ in sequences] == sorted(len(text) for text, _ in sequences)
+
+
+def test_validate_accepts_what_training_accepts_for_a_template_that_rewrites_history(tmp_path):
+    """The validator tokenises as SFT does: multi-turn rows under a Qwen3-like template are clean (each
+    rewritten turn in its own sequence, every answer's end-of-turn trained), not `template_not_prefix_stable`."""
+    from tests.conftest import write_jsonl
+    from tuneforge.data.validate import validate_file
+
+    tokenizer = tokenizer_with(QWEN3_LIKE)
+    rows = [{"messages": REASONING_CONVERSATION} for _ in range(12)]
+    report = validate_file(write_jsonl(tmp_path / "multi.jsonl", rows), "sft", tokenizer, max_length=512)
+    assert report.ok, [f.code for f in report.errors]
+    assert not report.counts.get("template_not_prefix_stable")

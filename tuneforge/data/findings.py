@@ -42,7 +42,7 @@ CODES: dict[str, tuple[str, str, str]] = {
                     "use {\"input\": {\"messages\": [...]}, \"preferred_output\": [one assistant message], "
                     "\"non_preferred_output\": [one assistant message]}"),
     "template_error": ("error", "the model's chat template refuses the conversation", "reorder the messages as the model expects"),
-    "template_not_prefix_stable": ("error", "the chat template re-renders earlier turns", "use single-turn examples or another model"),
+    "template_not_prefix_stable": ("error", "the chat template changes a turn's prompt once its answer follows", "use single-turn examples or another model"),
     "no_trained_tokens": ("error", "nothing is trained after rendering and truncation",
                           "shorten the prompt or raise --max-length"),
     "end_of_turn_not_trained": ("error", "the end-of-turn token of a trained answer is not trained: the model would "

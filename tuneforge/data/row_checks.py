@@ -4,7 +4,7 @@
 
 `check_row` is the structure of a parsed row (no tokenizer): it returns every problem as (code,
 message) pairs, warnings included, so validate can list them all. `check_tokens` renders one
-conversation with the model's own chat template and mask (`tokenize.tokenize_conversation`), exactly as
+conversation with the model's own chat template and mask (`tokenize.tokenize_conversation_examples`), exactly as
 training will see it. The codes are `findings.CODES`.
 """
 
@@ -22,7 +22,7 @@ from tuneforge.data.formats import (
     native_row,
     split_pair_row,
 )
-from tuneforge.data.tokenize import IGNORE_INDEX, tokenize_conversation
+from tuneforge.data.tokenize import IGNORE_INDEX, tokenize_conversation_examples
 from tuneforge.errors import UserError
 
 # ---- row structure (no tokenizer) ----------------------------------------------------------------
@@ -183,27 +183,32 @@ def short_repr(value: Any, limit: int = 40) -> str:
 
 
 def check_tokens(tokenizer, eot_ids: set[int], messages: list[dict], tools, max_length: int):
-    """(untruncated example, problems, trained tokens kept after truncation) for one conversation."""
+    """(the longest untruncated sequence, problems, trained tokens kept after truncation) for one conversation.
+
+    Tokenised exactly as SFT does (`tokenize_conversation_examples`): a template that rewrites earlier turns
+    trains them in sequences of their own, each cut at max_length, so the counts add up over the sequences."""
     try:
-        example = tokenize_conversation(tokenizer, messages, tools, max_length=None)
+        examples = tokenize_conversation_examples(tokenizer, messages, tools, max_length=None)
     except UserError as exc:
         return None, [(exc.code or "template_error", exc.bare_message)], 0
     except Exception as exc:  # a template's raise_exception, or a jinja error on odd input
         return None, [("template_error", f"the chat template failed: {type(exc).__name__}: {str(exc)[:200]}")], 0
     problems = []
-    kept = sum(1 for label in example.labels[:max_length] if label != IGNORE_INDEX)
+    kept = sum(sum(1 for label in e.labels[:max_length] if label != IGNORE_INDEX) for e in examples)
+    n_trained = sum(e.n_trained for e in examples)
     n_turns = sum(1 for m in messages if m["role"] == "assistant" and m.get("weight", 1) == 1)
-    if example.n_trained == 0:
+    longest = max(examples, key=lambda e: len(e.input_ids))
+    if n_trained == 0:
         problems.append(("no_trained_tokens", "no trained tokens after rendering with the chat template"))
     elif kept == 0:
         problems.append(("no_trained_tokens", f"all trained tokens lie beyond --max-length {max_length} "
-                         f"({len(example.input_ids)} tokens)"))
-    elif eot_ids and sum(1 for label in example.labels if label in eot_ids) < n_turns:
+                         f"({len(longest.input_ids)} tokens)"))
+    elif eot_ids and sum(1 for e in examples for label in e.labels if label in eot_ids) < n_turns:
         problems.append(("end_of_turn_not_trained", "the end-of-turn token after a trained answer is not trained, "
                          "so the model would never learn to stop (check the chat template)"))
-    if len(example.input_ids) > max_length:
-        cut = len(example.input_ids) - max_length
-        problems.append(("too_long", f"{len(example.input_ids)} tokens > --max-length {max_length}: {cut} tokens "
-                         f"would be cut ({example.n_trained - kept} of them trained)"))
-    return example, problems, kept
+    if len(longest.input_ids) > max_length:
+        cut = sum(max(0, len(e.input_ids) - max_length) for e in examples)
+        problems.append(("too_long", f"{len(longest.input_ids)} tokens > --max-length {max_length}: {cut} tokens "
+                         f"would be cut ({n_trained - kept} of them trained)"))
+    return longest, problems, kept
 
