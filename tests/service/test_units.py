@@ -91,6 +91,10 @@ def test_auto_hyperparameters_resolve_and_errors_name_the_line():
         {"errors": [{"line": 7, "code": "empty_content", "message": "assistant turn is empty"}]}, "training_file"
     )
     assert error["param"] == "training_file" and "line 7: assistant turn is empty" in error["message"]
+    # Rows of containers without lines (Parquet, datasets) are named as the validator names them.
+    parquet = validation_error({"errors": [{"line": None, "row": 3, "where": "row 3", "code": "empty_content",
+                                            "message": "assistant turn is empty"}]}, "training_file")
+    assert "training_file: row 3: assistant turn is empty" in parquet["message"] and "None" not in parquet["message"]
 
 
 @pytest.mark.parametrize(("n_examples", "epochs"), [(5, 20), (20, 5), (100, 3), (10_000, 2), (30_000, 1)])

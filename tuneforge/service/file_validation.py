@@ -66,7 +66,9 @@ def validation_error(report: dict, param: str) -> dict:
     more = f" ({len(errors) - 1} more problems)" if len(errors) > 1 else ""
     return {
         "code": "invalid_training_file" if param == "training_file" else "invalid_validation_file",
-        "message": f"Invalid file format in {param}: line {first.get('line')}: {first.get('message')} "
+        # `where` says "line 7" in JSONL, "row 3 (line 18)" in CSV/JSON arrays, "the file" for file-level problems.
+        "message": f"Invalid file format in {param}: {first.get('where') or 'line ' + str(first.get('line'))}: "
+        f"{first.get('message')} "
         f"[{first.get('code')}]{more}",
         "param": param,
     }
