@@ -184,6 +184,7 @@ ALIASES = {
     "val_set_size": "validation_split",
     # LLaMA-Factory
     "cutoff_len": "max_length",
+    "lora_rank": "lora_r",
     "lora_target": "lora_target_modules",
     "val_size": "validation_split",
     "pref_beta": "beta",

@@ -54,7 +54,7 @@ def test_every_config_problem_is_one_line_before_anything_loads(tmp_path, capsys
                  "epochs=0"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
-    assert err == ("tuneforge: error: config: unknown key 'lora_rnk' (did you mean 'lora_r'?); epochs: must be > 0; "
+    assert err == ("tuneforge: error: config: unknown key 'lora_rnk' (did you mean 'lora_rank'?); epochs: must be > 0; "
                    "beta: set to 0.5, but method sft does not use it (only dpo does)")
     assert not (tmp_path / "out").exists()
 

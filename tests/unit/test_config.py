@@ -39,7 +39,7 @@ def problems_of(*layers) -> list[str]:
 def test_every_kind_of_problem_is_reported_in_one_error():
     found = problems_of({"data": "x.jsonl", "lora_rnk": 8, "batch_size": "many", "epochs": 0},
                         {"beta": 0.5, "group_size": 8})
-    assert found[0] == "unknown key 'lora_rnk' (did you mean 'lora_r'?)"
+    assert found[0] == "unknown key 'lora_rnk' (did you mean 'lora_rank'?)"
     assert "batch_size: expected int, got 'many'" in found
     assert "epochs: must be > 0" in found
     assert "beta: set to 0.5, but method sft does not use it (only dpo does)" in found
@@ -233,3 +233,7 @@ def test_config_verb_json_lists_each_keys_aliases(capsys):
     assert keys["epochs"]["aliases"] == ["num_train_epochs", "num_epochs"]
     assert set(keys["learning_rate"]["aliases"]) == {"lr"}
     assert sorted(alias for k in keys.values() for alias in k["aliases"]) == sorted(ALIASES)
+
+
+def test_lora_rank_is_llama_factorys_name_for_lora_r():
+    assert build_config({"data": "x.jsonl", "lora_rank": 8}).lora_r == 8

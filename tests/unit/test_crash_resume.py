@@ -54,15 +54,12 @@ def rows_for(method: str) -> list[dict]:
 
 
 def train_command(model_dir: Path, data: Path, output: Path, method: str, *extra: str) -> list[str]:
-    command = [
+    return [
         sys.executable, "-m", "tuneforge", "train", "--data", str(data), "--model", str(model_dir),
         "--output", str(output), "--max-steps", str(STEPS), "--batch-size", "4", "--lr", "1e-2",
         "--save-every", "1", "--seed", "3", "--validation-split", "0.1", "lora_dropout=0.1", "dtype=float32",
         *METHOD_FLAGS[method], *extra,
     ]  # fmt: skip
-    # argparse takes the key=value overrides as one run of positionals: flags first, then every override.
-    overrides = [item for item in command[4:] if "=" in item and not item.startswith("-")]
-    return [item for item in command if item not in overrides] + overrides
 
 
 def env(**extra: str) -> dict[str, str]:

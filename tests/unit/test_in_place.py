@@ -1,5 +1,5 @@
 """A verb never destroys its input: every verb that writes works in place when its output is its input, or
-refuses before it writes anything (exit 2, one line). dedup, split, convert and preview --html."""
+refuses before it writes anything (exit 2, one line). dedup, split, convert, preview --html and eval --predictions."""
 
 from __future__ import annotations
 
@@ -125,3 +125,11 @@ def test_same_file_sees_links_and_outputs_not_yet_written(tmp_path):
     assert same_file(data, tmp_path / "hard.jsonl") and same_file(data, tmp_path / "." / "data.jsonl")
     assert same_file(tmp_path / "new.jsonl", tmp_path / "sub" / ".." / "new.jsonl")
     assert not same_file(data, tmp_path / "new.jsonl")
+
+
+def test_eval_refuses_predictions_onto_its_test_file_before_loading_a_model(tmp_path, capsys):
+    test = write_jsonl(tmp_path / "test.jsonl", layout_rows("chat"))
+    before = test.read_bytes()
+    code, err = run(capsys, "eval", "--data", test, "--predictions", test, "--model", tmp_path / "no-such-model")
+    assert code == 2 and "--predictions would overwrite --data" in err
+    assert test.read_bytes() == before

@@ -140,8 +140,8 @@ def test_config_reports_every_problem_at_once():
     from tuneforge.errors import UserError
 
     with pytest.raises(UserError) as caught:
-        build_config({"data": "x.jsonl", "lora_rank": 8, "batch_size": "many"})
-    assert "lora_rank" in str(caught.value) and "batch_size" in str(caught.value)
+        build_config({"data": "x.jsonl", "lora_rnk": 8, "batch_size": "many"})
+    assert "lora_rnk" in str(caught.value) and "batch_size" in str(caught.value)
 
 
 def test_compiled_blocks_train_like_eager_ones(tmp_path, tiny_model_dir, qa_rows):

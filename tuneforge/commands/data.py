@@ -23,7 +23,8 @@ def add_validate_command(subparsers) -> None:
     p.add_argument("--chat-template", help="a built-in template name or a Jinja file, as train's chat_template=")
     p.add_argument("--method", default="sft", choices=("sft", "dpo", "reward"), help="sft (default); dpo and reward take preference rows")
     p.add_argument("--max-length", type=int, default=2048, help="tokens per example in training (default 2048)")
-    p.add_argument("--validation-file", help="also check this validation file, and its overlap with FILE")
+    p.add_argument("--validation-file", "--validation-data", dest="validation_file",
+                   help="also check this validation file, and its overlap with FILE (--validation-data as in train)")
     estimate = p.add_mutually_exclusive_group()
     estimate.add_argument("--estimate", action="store_true",
                           help="also load the model and run two training steps to estimate time and peak memory")
@@ -53,7 +54,8 @@ def add_preview_command(subparsers) -> None:
 def add_split_command(subparsers) -> None:
     p = subparsers.add_parser("split", help="split a JSONL file into train and validation files, deterministic by seed")
     p.add_argument("file")
-    p.add_argument("--validation-fraction", type=float, default=0.1)
+    p.add_argument("--validation-fraction", "--validation-split", dest="validation_fraction", type=float, default=0.1,
+                   help="share of the rows held out (--validation-split as in train; default 0.1)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--train-out", required=True)
     p.add_argument("--validation-out", required=True)

@@ -28,10 +28,13 @@ def add_eval_command(subparsers) -> None:
 
 
 def run_eval(args) -> int:
+    from tuneforge.data.outputs import refuse_same
     from tuneforge.evaluate.run import evaluate, load_eval_set, write_predictions
     from tuneforge.models import load_model
 
     load_eval_set(args.data)  # fail on bad data before spending time on the model
+    if args.predictions:  # the test file is the input: never overwrite it with predictions
+        refuse_same(args.data, args.predictions, "--predictions would overwrite --data; write them to another file")
     model, tokenizer = load_model(args.model, args.adapter)
     result = evaluate(model, tokenizer, args.data, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     if args.predictions:
