@@ -44,33 +44,11 @@ def tiny_tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """A 2-layer random Llama with the word-level tokenizer, saved as a normal HF model directory."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A 2-layer random Llama with the word-level tokenizer, saved as a normal HF model directory (the
+    "llama" of tests/tiny_models.py, whose embeddings are large enough for a LoRA-only toy task)."""
+    from tests.tiny_models import build_tiny_model
 
-    tokenizer = make_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
-        # Larger than the default 0.02: with a frozen tied head and unit-RMS hidden states, tiny random
-        # embeddings cap every logit near 0.6, and a LoRA-only test could never fit its toy task.
-        initializer_range=0.2,
-    )
-    model = LlamaForCausalLM(config)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return build_tiny_model("llama", tmp_path_factory.mktemp("tiny-llama"))
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
