@@ -95,6 +95,14 @@ def test_auto_hyperparameters_resolve_and_errors_name_the_line():
     parquet = validation_error({"errors": [{"line": None, "row": 3, "where": "row 3", "code": "empty_content",
                                             "message": "assistant turn is empty"}]}, "training_file")
     assert "training_file: row 3: assistant turn is empty" in parquet["message"] and "None" not in parquet["message"]
+    # A file-level problem listed first does not hide the row to open.
+    both = validation_error({"errors": [
+        {"line": 0, "where": "the file", "code": "too_few_examples", "message": "4 examples; at least 10 are needed"},
+        {"line": 3, "where": "line 3", "code": "invalid_json", "message": "not valid JSON"}]}, "training_file")
+    assert "training_file: line 3: not valid JSON [invalid_json] (1 more problems)" in both["message"]
+    only_file = validation_error({"errors": [{"line": 0, "where": "the file", "code": "too_few_examples",
+                                              "message": "4 examples"}]}, "training_file")
+    assert "training_file: the file: 4 examples" in only_file["message"]
 
 
 @pytest.mark.parametrize(("n_examples", "epochs"), [(5, 20), (20, 5), (100, 3), (10_000, 2), (30_000, 1)])

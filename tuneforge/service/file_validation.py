@@ -62,7 +62,9 @@ def validation_error(report: dict, param: str) -> dict:
     errors = report.get("errors") or []
     if not errors:
         return {"code": "invalid_file", "message": f"The {param} could not be validated.", "param": param}
-    first = errors[0]
+    # The validator lists file-level problems first (too few examples, a CSV named .jsonl); the job's one
+    # message names a row when there is one, the problem a user fixes by opening the file at that line.
+    first = next((e for e in errors if e.get("line") or e.get("row") is not None), errors[0])
     more = f" ({len(errors) - 1} more problems)" if len(errors) > 1 else ""
     return {
         "code": "invalid_training_file" if param == "training_file" else "invalid_validation_file",
