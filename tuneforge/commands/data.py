@@ -44,10 +44,12 @@ def add_preview_command(subparsers) -> None:
     p.add_argument("--n", type=int, default=3, help="how many examples (default 3)")
     p.add_argument("--model", help="default smollm2-135m-instruct")
     p.add_argument("--chat-template", help="a built-in template name or a Jinja file, as train's chat_template=")
-    p.add_argument("--method", default="sft", choices=("sft", "dpo", "reward"))
+    p.add_argument("--method", default="sft", choices=("sft", "dpo", "reward"),
+                   help="sft (default): chat rows; dpo and reward: preference rows")
     p.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML page")
     p.add_argument("--boundaries", action="store_true", help="mark token boundaries with | when not coloured")
-    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="colour the trained tokens (default auto: when writing to a terminal)")
     p.set_defaults(func=run_preview)
 
 
@@ -56,16 +58,16 @@ def add_split_command(subparsers) -> None:
     p.add_argument("file")
     p.add_argument("--validation-fraction", "--validation-split", dest="validation_fraction", type=float, default=0.1,
                    help="share of the rows held out (--validation-split as in train; default 0.1)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--train-out", required=True)
-    p.add_argument("--validation-out", required=True)
+    p.add_argument("--seed", type=int, default=42, help="the same seed holds out the same rows (default 42, as train)")
+    p.add_argument("--train-out", required=True, help="where the training rows go (may be FILE itself: replaced at the end)")
+    p.add_argument("--validation-out", required=True, help="where the held-out rows go")
     p.set_defaults(func=run_split)
 
 
 def add_dedup_command(subparsers) -> None:
     p = subparsers.add_parser("dedup", help="drop repeated examples (exact, or with --near same words)")
     p.add_argument("file")
-    p.add_argument("--output", required=True)
+    p.add_argument("--output", required=True, help="the rows kept (may be FILE itself: replaced at the end)")
     p.add_argument("--near", action="store_true", help="also drop examples with the same words (case, punctuation aside)")
     p.set_defaults(func=run_dedup)
 

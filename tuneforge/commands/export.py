@@ -14,7 +14,8 @@ from tuneforge.export import DTYPES, FORMATS
 def add_export_command(subparsers) -> None:
     p = subparsers.add_parser("export", help="merge an adapter and write an HF folder, a GGUF file or an Ollama model")
     p.add_argument("--adapter", help="LoRA adapter dir or full fine-tuned model dir (omit to export --model as is)")
-    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="hf: merged safetensors folder; gguf: one GGUF file; ollama: GGUF + Modelfile")
     p.add_argument("--dtype", choices=DTYPES,
                    help="tensor type (default f32 for hf, f16 for gguf, q8_0 for ollama; q8_0 and the K-quants "
                         "q4_k_m, q5_k_m, q6_k are GGUF-only, the K-quants through llama.cpp's quantizer, which "

@@ -92,11 +92,11 @@ def keys(args) -> int:
 def add_service_commands(subparsers) -> None:
     parser = subparsers.add_parser("serve", help="run the OpenAI-compatible fine-tuning API and dashboard")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     parser.add_argument(
         "--workers", type=int, default=1, help="embedded workers that run jobs (0: run `tuneforge worker` separately)"
     )
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", default="info", help="uvicorn log level: debug, info, warning, error (default info)")
     _add_store_options(parser)
     parser.set_defaults(func=serve)
 
