@@ -37,8 +37,8 @@ NOT_REWARD = ("sft", "dpo", "grpo")
 def setting(default: Any, doc: str, methods: tuple[str, ...] = METHODS, why_not: str = "") -> Any:
     """A TrainConfig field with its description, the methods that use it and, optionally, why the others don't."""
     metadata = {"doc": doc, "methods": methods, "why_not": why_not}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -50,6 +50,8 @@ class TrainConfig:
     model: str = setting("smollm2-135m-instruct", "base model: alias, HF model dir, .gguf file or cached hub id")
     method: str = setting("sft", "sft, dpo, reward or grpo")
     validation_data: str | None = setting(None, "validation file, measured every eval_every steps")
+    columns: dict[str, str] = setting({}, "read data and validation_data with the file's own field names mapped "
+                                      "onto a format's: prompt:question,completion:answer (YAML: a mapping)")
     validation_split: float = setting(0.0, "without validation_data: hold out this fraction of data (by seed)")
     full: bool = setting(False, "full fine-tuning of every weight instead of LoRA")
     # Optimisation.
@@ -235,6 +237,14 @@ def _coerce(name: str, value: Any, problems: list[Problem]) -> Any:
             return None
         problems.append(((name,), f"{name}: may not be empty"))
         return None
+    if origin is dict:  # the column mapping, the one mapping-valued key: data.readers knows the fields
+        from tuneforge.data.readers import parse_columns
+
+        try:
+            return parse_columns(value)
+        except ValueError as exc:
+            problems.append(((name,), f"{name}: {exc}"))
+            return None
     try:
         if base is bool:
             if isinstance(value, bool):

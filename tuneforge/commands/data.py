@@ -25,6 +25,9 @@ def add_validate_command(subparsers) -> None:
     p.add_argument("--max-length", type=int, default=2048, help="tokens per example in training (default 2048)")
     p.add_argument("--validation-file", "--validation-data", dest="validation_file",
                    help="also check this validation file, and its overlap with FILE (--validation-data as in train)")
+    p.add_argument("--columns", metavar="KNOWN:YOURS,...",
+                   help="read the file's own field names as a format's, e.g. prompt:question,completion:answer "
+                   "(train's columns=; default: none)")
     estimate = p.add_mutually_exclusive_group()
     estimate.add_argument("--estimate", action="store_true",
                           help="also load the model and run two training steps to estimate time and peak memory")
@@ -47,6 +50,9 @@ def add_preview_command(subparsers) -> None:
     p.add_argument("--method", default="sft", choices=("sft", "dpo", "reward"),
                    help="sft (default): chat rows; dpo and reward: preference rows")
     p.add_argument("--html", metavar="OUT.html", help="also write a self-contained HTML page")
+    p.add_argument("--columns", metavar="KNOWN:YOURS,...",
+                   help="read the file's own field names as a format's, e.g. prompt:question,completion:answer "
+                   "(train's columns=; default: none)")
     p.add_argument("--boundaries", action="store_true", help="mark token boundaries with | when not coloured")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                    help="colour the trained tokens (default auto: when writing to a terminal)")
@@ -77,6 +83,9 @@ def add_convert_command(subparsers) -> None:
                               "OpenAI JSONL")
     p.add_argument("file", help="JSONL, JSON, CSV/TSV, Parquet, or a datasets folder; any format validate reads")
     p.add_argument("output", help="the JSONL file to write (may be FILE itself)")
+    p.add_argument("--columns", metavar="KNOWN:YOURS,...",
+                   help="read the file's own field names as a format's, e.g. prompt:question,completion:answer "
+                   "(train's columns=; default: none)")
     p.set_defaults(func=run_convert)
 
 
@@ -107,13 +116,26 @@ def _load_tokenizer(model: str | None, chat_template: str | None = None):
     return tokenizer, config, model or DEFAULT_MODEL
 
 
+def _mapped(path, columns: str | None):
+    """`path` read with --columns: the file's own field names mapped onto a format's (data/readers.py)."""
+    from tuneforge.data.readers import parse_columns, with_columns
+
+    if path is None:
+        return None
+    try:
+        return with_columns(path, parse_columns(columns))
+    except ValueError as exc:
+        raise UserError(f"--columns: {exc}", code="bad_columns") from None
+
+
 def run_validate(args) -> int:
     from tuneforge.data.validate import validate_file
 
     if args.max_length < 8:
         raise UserError("--max-length must be >= 8")
+    data, validation_file = _mapped(args.file, args.columns), _mapped(args.validation_file, args.columns)
     tokenizer, model_config, spec = _load_tokenizer(args.model, args.chat_template)
-    report = validate_file(args.file, args.method, tokenizer, args.max_length, args.validation_file,
+    report = validate_file(data, args.method, tokenizer, args.max_length, validation_file,
                            progress=True, model_config=model_config, min_examples=args.min_examples)
     if tokenizer is None:
         report.add(0, "tokenizer_unavailable", f"could not load the tokenizer of {spec}; token checks skipped")
@@ -194,10 +216,11 @@ def run_preview(args) -> int:
 
     if args.html:  # before the model loads: the page must never land on the data
         refuse_same(args.file, args.html, "--html is the data file itself: give the page another name")
-    for code, message in open_rows(args.file).notes:
+    data = _mapped(args.file, args.columns)
+    for code, message in open_rows(data).notes:
         print(f"tuneforge: {args.file}: {message} [{code}]", file=sys.stderr)
     tokenizer = load_tokenizer(resolve_model(args.model).path, args.chat_template)
-    examples = preview_examples(args.file, tokenizer, args.n, "dpo" if args.method in ("dpo", "reward") else "sft")
+    examples = preview_examples(data, tokenizer, args.n, "dpo" if args.method in ("dpo", "reward") else "sft")
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     for example in examples:
         print(format_text(example, color=color, show_boundaries=args.boundaries))
@@ -228,5 +251,5 @@ def run_dedup(args) -> int:
 def run_convert(args) -> int:
     from tuneforge.data.convert import convert_file
 
-    print(json.dumps(convert_file(args.file, args.output)))
+    print(json.dumps(convert_file(_mapped(args.file, args.columns), args.output)))
     return 0

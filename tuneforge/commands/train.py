@@ -140,6 +140,7 @@ def run_train(args) -> int:
 
 def check_training_files(config) -> None:
     """Refuse an invalid training (or validation) file with validate's messages, before the model loads."""
+    from tuneforge.data.readers import with_columns
     from tuneforge.data.validate import CODES, MIN_EXAMPLES, summarise_errors, validate_file
     from tuneforge.models import load_tokenizer, resolve_model
 
@@ -149,7 +150,8 @@ def check_training_files(config) -> None:
             continue
         # A small validation file is fine; training needs MIN_EXAMPLES.
         min_examples = 1 if label == "validation" else MIN_EXAMPLES
-        report = validate_file(path, config.method, tokenizer, config.max_length, min_examples=min_examples)
+        report = validate_file(with_columns(path, config.columns), config.method, tokenizer, config.max_length,
+                               min_examples=min_examples)
         if not report.ok:
             raise UserError(summarise_errors(report, path), path=str(path), code="invalid_file")
         n_warnings = sum(n for code, n in report.counts.items() if CODES[code][0] == "warning")

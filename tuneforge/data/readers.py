@@ -12,12 +12,17 @@ as well as the name, so a CSV or a pretty-printed JSON array saved as .jsonl get
 (`container_mismatch`) and is read as what it is, not one decoder error per line. Everything that reads
 training data goes through `open_rows` (validate, which collects every problem) or `read_rows` (the
 loaders in formats.py and preference.py, convert, preview: they stop at the first problem).
+
+A file whose fields have other names (`question`/`answer`) is read through a column mapping (`--columns
+prompt:question,completion:answer`, train's `columns=`): `with_columns(path, mapping)` is the path with the
+mapping attached, and every row's fields are renamed before anything looks at its layout.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,6 +48,9 @@ _FIELD_NAME = re.compile(r"[A-Za-z_][\w .-]{0,63}")
 _JSON_COLUMNS = {"messages", "conversations", "tools", "history", "preferred_output", "non_preferred_output"}
 # Text columns whose cell may instead hold messages: decoded only when the JSON is message-shaped.
 _MAYBE_MESSAGES = {"prompt", "completion", "chosen", "rejected", "input"}
+# Every field a format reads (formats.py, layouts.py): what a column mapping may map a file's own field onto.
+KNOWN_FIELDS = ("messages", "tools", "prompt", "completion", "conversations", "system", "instruction", "input",
+                "output", "history", "chosen", "rejected", "preferred_output", "non_preferred_output")
 
 
 @dataclass(frozen=True, order=True)
@@ -77,17 +85,99 @@ class Source:
     size: int = 0  # bytes, for progress; 0 when unknown
 
 
-def open_rows(path: str | Path) -> Source:
+@dataclass
+class MappedFile(os.PathLike):
+    """A training file read with a column mapping (known field -> the file's field): `with_columns` makes one.
+
+    It stands wherever a path does (validate_file, convert_file, the loaders; `str()` is the path), so the
+    mapping reaches `open_rows` without every verb in between passing it on."""
+
+    path: Path
+    columns: dict[str, str]
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def with_columns(path: str | Path, columns: dict[str, str] | None) -> str | Path | MappedFile:
+    """`path`, read with `columns` (from `parse_columns`) when there are any; as it is otherwise."""
+    return MappedFile(Path(path), dict(columns)) if columns else path
+
+
+def parse_columns(value: Any) -> dict[str, str]:
+    """{known field: the file's field} from "prompt:question,completion:answer" or a mapping (YAML).
+
+    ValueError says what is wrong: a target that no format reads, a field mapped twice, an empty name."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        return {}
+    if isinstance(value, str):
+        pairs = []
+        for item in (part.strip() for part in value.split(",")):
+            if not item:
+                continue
+            if ":" not in item:
+                raise ValueError(f"{item!r}: expected known_field:file_field, e.g. prompt:question")
+            pairs.append(tuple(side.strip() for side in item.split(":", 1)))
+    elif isinstance(value, dict):
+        pairs = list(value.items())
+    else:
+        raise ValueError(f"expected known_field:file_field,... or a mapping, got {value!r}")
+    columns: dict[str, str] = {}
+    for target, source in pairs:
+        if not isinstance(target, str) or not isinstance(source, str) or not target or not source:
+            raise ValueError(f"{target!r}: {source!r}: both names must be non-empty text")
+        if target not in KNOWN_FIELDS:
+            raise ValueError(f"{target!r} is no field a format reads; map onto one of {', '.join(KNOWN_FIELDS)}")
+        if target in columns:
+            raise ValueError(f"{target!r} is mapped twice ({columns[target]!r} and {source!r}); keep one")
+        columns[target] = source
+    return columns
+
+
+def open_rows(path: str | Path | MappedFile) -> Source:
     """Sniff the container and return its rows unread; UserError only for what no report can describe."""
+    columns = path.columns if isinstance(path, MappedFile) else {}
     path = Path(path)
     if not path.exists():
         raise UserError("file not found", path=str(path))
     if path.is_dir():
-        return Source(path, "datasets", _dataset_rows(_dataset_folder(path)))
+        return Source(path, "datasets", _renamed(_dataset_rows(_dataset_folder(path)), columns))
     container, note = detect_container(path)
-    readers = {"jsonl": _jsonl_rows, "json": _json_rows, "json_stream": _json_rows, "csv": _csv_rows,
-               "tsv": _csv_rows, "parquet": _parquet_rows}
-    return Source(path, container, readers[container](path, container), [note] if note else [], path.stat().st_size)
+    if container in ("csv", "tsv"):  # a mapped column's cells are decoded as its target's
+        rows = _csv_rows(path, container, columns)
+    else:
+        rows = {"jsonl": _jsonl_rows, "json": _json_rows, "json_stream": _json_rows, "parquet": _parquet_rows}[
+            container](path, container)
+    return Source(path, container, _renamed(rows, columns), [note] if note else [], path.stat().st_size)
+
+
+def _renamed(rows: Iterator, columns: dict[str, str]) -> Iterator:
+    """The rows with the file's fields renamed to the known ones; a row without a mapped field is a problem."""
+    if not columns:
+        yield from rows
+        return
+    for place, row, problem, done in rows:
+        if problem is None and isinstance(row, dict):  # not an object: reported as such by the checks
+            row, problem = rename_fields(row, columns)
+        yield place, row, problem, done
+
+
+def rename_fields(row: dict, columns: dict[str, str]) -> tuple[dict | None, tuple[str, str] | None]:
+    """(the row with each mapped field under its known name, None), or (None, a `missing_field` problem).
+
+    A field of the row already named like a target is replaced by the mapped one; other fields stay."""
+    for target, source in columns.items():
+        if source not in row:
+            fields = ", ".join(map(repr, row)) or "none"
+            return None, ("missing_field", f"no field {source!r} (the column mapping reads {target} from it); "
+                          f"the row's fields: {fields}"[:300])
+    sources = set(columns.values())
+    renamed = {key: value for key, value in row.items() if key not in sources and key not in columns}
+    renamed.update({target: row[source] for target, source in columns.items()})
+    return renamed, None
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[int | Row, Any]]:
@@ -222,9 +312,12 @@ def _skip_space(text: str, position: int) -> int:
     return position
 
 
-def _csv_rows(path: Path, container: str):
-    """Rows under a header; an empty line is skipped (as pandas does), a row's line is where it starts."""
+def _csv_rows(path: Path, container: str, columns: dict[str, str] | None = None):
+    """Rows under a header; an empty line is skipped (as pandas does), a row's line is where it starts.
+
+    With a column mapping a mapped column's cells are decoded as its target's are (JSON in `messages`)."""
     done = 0
+    decode_as = {source: target for target, source in (columns or {}).items()}
 
     def lines(handle):
         nonlocal done
@@ -239,6 +332,12 @@ def _csv_rows(path: Path, container: str):
             header = [name.strip() for name in next(reader, [])]
         except csv.Error as exc:
             yield 0, None, ("bad_cells", f"the header row is not readable ({exc})"), done
+            return
+        absent = [(target, source) for target, source in (columns or {}).items() if source not in header]
+        if absent:  # one problem for the file, not one per row
+            target, source = absent[0]
+            yield 0, None, ("missing_field", f"no column {source!r} (the column mapping reads {target} from it); "
+                            f"the header's columns: {', '.join(header)}"[:300]), done
             return
         index, previous = 0, reader.line_num
         while True:
@@ -257,7 +356,8 @@ def _csv_rows(path: Path, container: str):
                 yield (Row(index, start), None, ("bad_cells", f"{len(cells)} cells, but the header has "
                        f"{len(header)} columns ({', '.join(header)})"), done)
             else:
-                yield Row(index, start), {name: _cell(name, cell) for name, cell in zip(header, cells, strict=True)}, None, done
+                row = {name: _cell(decode_as.get(name, name), cell) for name, cell in zip(header, cells, strict=True)}
+                yield Row(index, start), row, None, done
             index += 1
 
 

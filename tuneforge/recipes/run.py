@@ -39,6 +39,7 @@ from tuneforge import __version__, distributed, tracking
 from tuneforge.checkpoint import load_checkpoint, resume_point, save_checkpoint, write_json_atomic
 from tuneforge.config import TrainConfig
 from tuneforge.data.curation import split_validation
+from tuneforge.data.readers import with_columns
 from tuneforge.errors import UserError
 from tuneforge.runfiles import trim_metrics
 from tuneforge.schedule import learning_rate_at, step_plan
@@ -151,9 +152,11 @@ def seed_everything(seed: int) -> None:
 
 
 def train_and_validation(config: TrainConfig, load: Callable[[str], list]) -> tuple[list, list]:
-    """(training rows, validation rows): --validation-data, else a seeded --validation-split of --data."""
-    rows = load(config.data)
-    valid = load(config.validation_data) if config.validation_data else []
+    """(training rows, validation rows): --validation-data, else a seeded --validation-split of --data.
+
+    Both files are read with the config's column mapping (`columns=`), if any."""
+    rows = load(with_columns(config.data, config.columns))
+    valid = load(with_columns(config.validation_data, config.columns)) if config.validation_data else []
     if not valid and config.validation_split > 0:
         rows, valid = split_validation(rows, config.validation_split, config.seed)
     return rows, valid
