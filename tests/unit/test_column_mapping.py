@@ -238,3 +238,59 @@ def test_training_reads_data_and_validation_data_through_the_mapping(tmp_path, c
     assert [(c.messages, c.tools) for c in held_out] == canonical[:3]
     with pytest.raises(UserError, match="unknown format"):
         check_training_files(build_config({"data": str(train), "model": str(tiny_model_dir)}))
+
+
+# ---- a hub id in the local datasets cache --------------------------------------------------------------------
+
+
+def cache_hub_dataset(cache, repo: str, splits: dict[str, list[dict]]) -> None:
+    """Write `repo` into a datasets cache as `load_dataset(repo)` does: a builder with the hub repo's id writes
+    <cache>/<owner>___<name>/default/0.0.0/<hash>/ (what load_dataset reads back with HF_DATASETS_OFFLINE=1)."""
+    import datasets
+
+    class Hub(datasets.GeneratorBasedBuilder):
+        def _info(self):
+            return datasets.DatasetInfo()
+
+        def _split_generators(self, _dl_manager):
+            return [datasets.SplitGenerator(name=name, gen_kwargs={"rows": rows}) for name, rows in splits.items()]
+
+        def _generate_examples(self, rows):
+            yield from enumerate(rows)
+
+    datasets.disable_progress_bars()
+    Hub(cache_dir=str(cache), dataset_name=repo.split("/")[1], repo_id=repo, hash="0123abcd").download_and_prepare()
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    return tmp_path / "hf-cache"
+
+
+def test_a_cached_hub_dataset_reads_by_its_id(hub_cache, tmp_path, canonical, tiny_model_dir, capsys):
+    alpaca = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(N)]
+    cache_hub_dataset(hub_cache, "tatsu-lab/alpaca", {"train": alpaca, "test": alpaca[:2]})
+    native = conversations(write_jsonl(tmp_path / "alpaca.jsonl", alpaca))
+    assert conversations("tatsu-lab/alpaca") == native
+    assert conversations("tatsu-lab/alpaca:test") == native[:2]
+    assert main(["validate", "tatsu-lab/alpaca", "--model", str(tiny_model_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["container"] == "hub_cache" and report["formats"] == {"alpaca": N}
+    with pytest.raises(UserError, match=r"tatsu-lab/alpaca:dev: the cached dataset has no split 'dev': name one "
+                       r"\(tatsu-lab/alpaca:train, tatsu-lab/alpaca:test\)"):
+        load_conversations("tatsu-lab/alpaca:dev")
+    cache_hub_dataset(hub_cache, "someone/qa", {"train": qa_rows()})  # and with a column mapping
+    assert conversations(with_columns("someone/qa", parse_columns(QA))) == canonical
+
+
+def test_a_hub_id_not_in_the_cache_is_never_downloaded(hub_cache, capsys):
+    with pytest.raises(UserError, match=r"tatsu-lab/alpaca: no such file, and not in the local datasets cache "
+                       r"\(.*hf-cache\); tuneforge never downloads: fetch it once with "
+                       r"datasets.load_dataset\('tatsu-lab/alpaca'\), or give a file"):
+        load_conversations("tatsu-lab/alpaca")
+    assert main(["validate", "tatsu-lab/alpaca"]) == 2
+    with pytest.raises(UserError, match=r"^data/train.jsonl: file not found$"):  # a path, not a hub id
+        load_conversations("data/train.jsonl")

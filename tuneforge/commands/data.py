@@ -18,7 +18,8 @@ from tuneforge.errors import UserError
 
 def add_validate_command(subparsers) -> None:
     p = subparsers.add_parser("validate", help="check a training file (format, template, mask, lengths); --estimate: time it")
-    p.add_argument("file", help="JSONL, JSON, CSV/TSV, Parquet, or a datasets folder (save_to_disk)")
+    p.add_argument("file", help="JSONL, JSON, CSV/TSV, Parquet, a datasets folder (save_to_disk), or a hub id "
+                   "(owner/name[:split]) in the local datasets cache, read offline")
     p.add_argument("--model", help="render with this model's tokenizer (default smollm2-135m-instruct)")
     p.add_argument("--chat-template", help="a built-in template name or a Jinja file, as train's chat_template=")
     p.add_argument("--method", default="sft", choices=("sft", "dpo", "reward"), help="sft (default); dpo and reward take preference rows")
@@ -81,7 +82,8 @@ def add_dedup_command(subparsers) -> None:
 def add_convert_command(subparsers) -> None:
     p = subparsers.add_parser("convert", help="write any supported file (ShareGPT, Alpaca, CSV, Parquet, ...) as "
                               "OpenAI JSONL")
-    p.add_argument("file", help="JSONL, JSON, CSV/TSV, Parquet, or a datasets folder; any format validate reads")
+    p.add_argument("file", help="JSONL, JSON, CSV/TSV, Parquet, a datasets folder or a cached hub id; any format "
+                   "validate reads")
     p.add_argument("output", help="the JSONL file to write (may be FILE itself)")
     p.add_argument("--columns", metavar="KNOWN:YOURS,...",
                    help="read the file's own field names as a format's, e.g. prompt:question,completion:answer "

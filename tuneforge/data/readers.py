@@ -5,6 +5,8 @@
     csv, tsv     a header row of field names, then one example per row (.csv, .tsv)
     parquet      a Parquet file (.parquet), read in batches
     datasets     a Hugging Face `datasets` folder written by save_to_disk, read offline (`datasets.load_from_disk`)
+    hub_cache    a hub id (`tatsu-lab/alpaca`, `owner/name:split`) already in the local datasets cache, read
+                 offline as `load_dataset` reads it with HF_DATASETS_OFFLINE=1; never downloaded
 
 In every container but JSONL a position is a `Row`: the 0-based index (as dataset[i], df.iloc[i] or
 array[i]) and, in a text file, the line the row starts on. The container is sniffed from the content
@@ -39,11 +41,13 @@ CONTAINERS = {
     "tsv": "TSV",
     "parquet": "Parquet",
     "datasets": "a datasets folder (save_to_disk)",
+    "hub_cache": "a dataset in the local Hugging Face datasets cache",
 }
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 SUFFIXES = {".json": "json", ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".parquet": "parquet", ".pq": "parquet"}
 SNIFF_BYTES = 1 << 22  # enough for the first pretty-printed example of any sane file
 _FIELD_NAME = re.compile(r"[A-Za-z_][\w .-]{0,63}")
+_HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95})(?::(?P<split>[\w.-]+))?")
 # CSV cells of these columns hold JSON (a message list, tools, an OpenAI DPO answer).
 _JSON_COLUMNS = {"messages", "conversations", "tools", "history", "preferred_output", "non_preferred_output"}
 # Text columns whose cell may instead hold messages: decoded only when the JSON is message-shaped.
@@ -142,7 +146,8 @@ def open_rows(path: str | Path | MappedFile) -> Source:
     columns = path.columns if isinstance(path, MappedFile) else {}
     path = Path(path)
     if not path.exists():
-        raise UserError("file not found", path=str(path))
+        builder, split = hub_cache_builder(str(path))  # "file not found" unless it is a cached hub id
+        return Source(path, "hub_cache", _renamed(_hub_cache_rows(builder, split), columns))
     if path.is_dir():
         return Source(path, "datasets", _renamed(_dataset_rows(_dataset_folder(path)), columns))
     container, note = detect_container(path)
@@ -411,6 +416,48 @@ def _dataset_rows(path: Path):
         dataset = datasets.load_from_disk(str(path))
     except (OSError, ValueError, FileNotFoundError) as exc:
         yield 0, None, ("unreadable_file", f"not readable with datasets.load_from_disk ({exc})"[:300]), 0
+        return
+    for index, row in enumerate(dataset):
+        yield Row(index), without_nulls(row), None, 0
+
+
+def hub_cache_builder(spec: str):
+    """(a datasets builder over the cached dataset, its split) of a hub id in the local datasets cache.
+
+    The folder `load_dataset(repo)` wrote, found as it finds it with HF_DATASETS_OFFLINE=1 (the newest cached
+    version); a spec that is no hub id is "file not found", one not in the cache says where it looked."""
+    match = _HUB_ID.fullmatch(spec)
+    if match is None or Path(match["repo"]).suffix.lower() in (*JSONL_SUFFIXES, *SUFFIXES):
+        raise UserError("file not found", path=spec)
+    import datasets.config
+    from datasets.packaged_modules.cache.cache import Cache
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()  # not its "Found the latest cached dataset configuration" line
+    repo, cache = match["repo"], datasets.config.HF_DATASETS_CACHE
+    try:  # hash and version "auto": the builder only looks in the cache folder, it never downloads
+        builder = Cache(cache_dir=str(cache), dataset_name=repo.split("/")[1], repo_id=repo, hash="auto",
+                        version="auto")
+    except ValueError as exc:
+        if str(exc).startswith("There are multiple"):
+            raise UserError(f"{str(exc).splitlines()[0]} ({cache}): tuneforge reads a dataset cached with one "
+                            "configuration; save the one you mean with save_to_disk and pass its folder",
+                            path=spec) from None
+        raise UserError(f"no such file, and not in the local datasets cache ({cache}); tuneforge never downloads: "
+                        f"fetch it once with datasets.load_dataset({repo!r}), or give a file", path=spec) from None
+    splits = list(builder.info.splits or {})
+    split = match["split"] or ("train" if "train" in splits or not splits else splits[0] if len(splits) == 1 else "")
+    if split not in splits:
+        choices = ", ".join(f"{repo}:{name}" for name in splits) or "none"
+        raise UserError(f"the cached dataset has no split {split or 'train'!r}: name one ({choices})", path=spec)
+    return builder, split
+
+
+def _hub_cache_rows(builder, split: str):
+    try:
+        dataset = builder.as_dataset(split=split)
+    except (OSError, ValueError) as exc:
+        yield 0, None, ("unreadable_file", f"not readable from the datasets cache ({exc})"[:300]), 0
         return
     for index, row in enumerate(dataset):
         yield Row(index), without_nulls(row), None, 0
