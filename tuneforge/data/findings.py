@@ -22,7 +22,8 @@ CODES: dict[str, tuple[str, str, str]] = {
                      "JSONL: exactly one JSON object per line; a JSON file: fix the syntax where the message says"),
     "not_object": ("error", "the line is JSON but not an object", "wrap the example in {...}"),
     "unknown_format": ("error", "the object has none of the known shapes",
-                       "use one of the formats in docs/data.md, e.g. {\"messages\": [...]}"),
+                       "use one of the formats in docs/data.md, e.g. {\"messages\": [...]}, or map your own fields "
+                       "onto one: --columns prompt:question,completion:answer (train: columns=...)"),
     "missing_field": ("error", "a field the row's format needs is missing", "add it (docs/data.md lists each format's fields)"),
     "wrong_method": ("error", "a preference row in an SFT file", "train it with --method dpo, or convert it to messages"),
     "missing_messages": ("error", "'messages' is missing, not a list, or empty", "give a non-empty list of messages"),
