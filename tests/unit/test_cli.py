@@ -150,3 +150,12 @@ def test_train_help_shows_the_config_keys_defaults():
     assert "--epochs EPOCHS passes over the training data (fractions allowed) (default: 3.0)" in text
     assert "--validation-data VALIDATION_DATA, --validation-file VALIDATION_DATA" in text
     assert "(default: smollm2-135m-instruct)" in text and "rises more than this % (default: none)" in text
+
+
+def test_train_takes_columns_and_chat_template_as_flags_like_validate_does():
+    from tuneforge.commands.train import train_config_from_args
+
+    args = cli.build_parser().parse_args(["train", "--data", "qa.csv", "--columns", "prompt:question,completion:answer",
+                                          "--chat-template", "plain"])
+    config = train_config_from_args(args)
+    assert config.columns == {"prompt": "question", "completion": "answer"} and config.chat_template == "plain"

@@ -38,6 +38,9 @@ TRAIN_FLAGS = {
     "max_forgetting": "max_forgetting",
     "reward": "reward",
     "reward_model": "reward_model",
+    # The same spellings as validate / preview / convert take them.
+    "chat_template": "chat_template",
+    "columns": "columns",
 }
 # Other spellings of a flag: those of tuneforge's other verbs (validate --validation-file, split
 # --validation-fraction), so one habit works everywhere.
