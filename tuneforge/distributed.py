@@ -86,6 +86,13 @@ def device_for(world: World) -> str | None:
     return None
 
 
+# Wrapped modules live until the worker leaves with os._exit (see `leave`). Freed when the recipe returns,
+# DDP's reducer and the gloo process group it holds run destructors that can wait on a peer that has already
+# exited: CI caught rank 0 of a finished 2-process run stuck in the recipe's frame teardown, after its
+# summary.json was written and rank 1 had left.
+_ALIVE_UNTIL_EXIT: list = []
+
+
 def wrap(loss_module: torch.nn.Module, model, world: World, full: bool) -> torch.nn.Module:
     """DDP around the loss module for LoRA; FSDP2 per decoder layer + root for full fine-tuning.
 
@@ -102,12 +109,15 @@ def wrap(loss_module: torch.nn.Module, model, world: World, full: bool) -> torch
         for layer in decoder_layers(model):
             fully_shard(layer)
         fully_shard(loss_module)  # root: embeddings, final norm and the (tied) head
+        _ALIVE_UNTIL_EXIT.append(loss_module)
         return loss_module
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [world.local_rank] if torch.cuda.is_available() else None
     # Buffers (rotary tables) are computed identically everywhere: no per-forward broadcast.
-    return DistributedDataParallel(loss_module, device_ids=device_ids, broadcast_buffers=False)
+    wrapped = DistributedDataParallel(loss_module, device_ids=device_ids, broadcast_buffers=False)
+    _ALIVE_UNTIL_EXIT.append(wrapped)
+    return wrapped
 
 
 def gradient_sync(wrapped: torch.nn.Module, sync: bool):
