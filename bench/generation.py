@@ -24,8 +24,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from tuneforge.data.tokenize import end_of_turn_ids, tokenize_prompt
-    from tuneforge.generation import generate_chat
     from tuneforge.evaluate.run import load_eval_set
+    from tuneforge.generation import generate_chat
     from tuneforge.models import load_model
 
     model, tokenizer = load_model(adapter=args.adapter)

@@ -40,8 +40,8 @@ def answer_budget(tokenizer, references: list[str], cap: int) -> int:
 
 
 def evaluate(model, tokenizer, data: str | Path, max_new_tokens: int = 256, batch_size: int = 32) -> dict:
-    from tuneforge.generation import generate_chat
     from tuneforge.evaluate.metrics import score
+    from tuneforge.generation import generate_chat
 
     prompts, references, tools = load_eval_set(data)
     started = time.perf_counter()
