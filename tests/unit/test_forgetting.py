@@ -11,6 +11,9 @@ from tuneforge.evaluate.forgetting import (
     AdapterDisabled,
     general_corpus,
     kl_sum,
+    load_general_accepts,
+    load_general_questions,
+    load_instruction_checks,
     measure_forgetting,
     nll_sum,
     perplexity,
@@ -86,10 +89,15 @@ def test_identical_models_show_no_drift(tiny_models):
     result = measure_forgetting(base, base, tokenizer, n_windows=3, window=12, max_forgetting=0.0)
     assert result["perplexity_change_pct"] == pytest.approx(0.0, abs=1e-9)
     assert result["mean_kl"] == pytest.approx(0.0, abs=1e-6)
-    assert result["answer_agreement"] == 1.0 and result["n_questions"] == 20
+    assert result["answer_agreement"] == 1.0 and result["n_questions"] == len(load_general_questions())
     assert result["passed"] is True and result["n_tokens"] == 3 * 11
-    # The same model is as right (or wrong) as itself on the 17 checkable general questions.
-    assert result["n_checked_questions"] == 17 and result["base_general_correct"] == result["tuned_general_correct"]
+    # The same model is as right (or wrong) as itself on every checkable general question, in every category,
+    # and follows the same instructions.
+    assert result["n_checked_questions"] == sum(a is not None for a in load_general_accepts())
+    assert result["base_general_correct"] == result["tuned_general_correct"] and result["general_drop_points"] == 0
+    assert all(c["base_correct"] == c["tuned_correct"] for c in result["categories"].values())
+    following = result["instruction_following"]
+    assert following["n"] == len(load_instruction_checks()) and following["base_strict"] == following["tuned_strict"]
 
 
 @pytest.mark.parametrize(
