@@ -4,7 +4,9 @@
     tuneforge compare --data test.jsonl --adapter runs/demo --shots 4 --shots-from train.jsonl
 
 compare prints a one-line verdict and writes report.json, report.html and plots to --output (default
-ADAPTER/report); its exit code is 1 when --max-forgetting is given and the fine-tuned model drifts past it.
+ADAPTER/report); its exit code is 1 when a forgetting gate is given and the fine-tuned model misses it:
+--max-forgetting PCT (general-text perplexity rise) or --max-general-drop POINTS (fall in correct answers to
+the general questions, in percentage points).
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ def add_compare_command(subparsers) -> None:
         "--max-forgetting", type=float,
         help="fail (exit 1) when general-text perplexity rises more than PCT%% (default: none, no gate)",
     )
+    p.add_argument(
+        "--max-general-drop", type=float, metavar="POINTS",
+        help="fail (exit 1) when the share of general questions answered correctly falls more than POINTS "
+             "percentage points below the base model's (default: none, no gate)",
+    )
     p.add_argument("--limit", type=int, help="only the first N test examples (default: all)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts answered together (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="longest answer, in tokens (default: %(default)s)")
@@ -97,6 +104,8 @@ def run_compare(args) -> int:
         raise UserError(f"{args.adapter}: adapter directory not found")
     if args.shots < 0 or (args.limit is not None and args.limit < 1):
         raise UserError("--shots must be >= 0 and --limit >= 1")
+    if args.max_general_drop is not None and args.no_forgetting:
+        raise UserError("--max-general-drop gates the forgetting measurement; drop --no-forgetting")
     report = compare(
         args.data,
         args.adapter,
@@ -106,6 +115,7 @@ def run_compare(args) -> int:
         format_regex=args.format_regex,
         json_schema=args.json_schema,
         max_forgetting=args.max_forgetting,
+        max_general_drop=args.max_general_drop,
         limit=args.limit,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,

@@ -12,6 +12,10 @@ messages. Timing, defined once here and in docs/evaluation.md:
   answer's latency is its batch's wall time.
 - batch_seconds_per_answer: batched run's total wall time / number of answers (throughput view).
 - generated_tokens_per_second: generated tokens / batched wall time.
+
+Forgetting (`forgetting.measure_forgetting`: general-text perplexity and KL, general questions by category,
+instruction following) is gated by --max-forgetting PCT (perplexity rise) and --max-general-drop POINTS (fall in
+correct general answers); the training run's forgetting guard, when its summary.json names one, is shown beside it.
 """
 
 from __future__ import annotations
@@ -176,6 +180,27 @@ def read_training_curves(adapter: str | Path) -> dict:
     return curves
 
 
+def read_forgetting_guard(adapter: str | Path) -> dict | None:
+    """The training run's forgetting guard, `{"method": "kl", "seconds": 57.9, ...}` or `{"method": "off"}`, from
+    ADAPTER_DIR/summary.json; None when the run wrote none (older runs, full model dirs, other tools' adapters)."""
+    path = Path(adapter) / "summary.json"
+    try:
+        guard = json.loads(path.read_text()).get("forgetting_guard")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return guard if isinstance(guard, dict) and guard.get("method") else None
+
+
+def guard_label(guard: dict | None) -> str | None:
+    """"guard kl, 58 s" / "guard off" for the verdict and the report; None without a guard record."""
+    if not guard:
+        return None
+    label = f"guard {guard['method']}"
+    if guard["method"] != "off" and isinstance(guard.get("seconds"), (int, float)):
+        label += f", {guard['seconds']:.0f} s"
+    return label
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
@@ -215,9 +240,25 @@ def verdict(report: dict) -> str:
                 f", general questions {forgetting['base_general_correct']:.0%} -> "
                 f"{forgetting['tuned_general_correct']:.0%} correct"
             )
-        if forgetting.get("passed") is not None:
+            if forgetting.get("general_drop_points") is not None:
+                line += f" ({-forgetting['general_drop_points']:+.1f} points)"
+        following = forgetting.get("instruction_following")
+        if following:
+            line += f", instructions followed {following['base_strict']:.0%} -> {following['tuned_strict']:.0%}"
+        gates = []
+        if forgetting.get("max_forgetting_pct") is not None:
             gate = forgetting["max_forgetting_pct"]
-            line += f" ({'within' if forgetting['passed'] else 'FAILS'} {gate:g}% gate)"
+            within = forgetting["perplexity_change_pct"] <= gate
+            gates.append(f"{'within' if within else 'FAILS'} {gate:g}% gate")
+        if forgetting.get("max_general_drop_points") is not None and forgetting.get("general_drop_points") is not None:
+            gate = forgetting["max_general_drop_points"]
+            within = forgetting["general_drop_points"] <= gate
+            gates.append(f"{'within' if within else 'FAILS'} {gate:g}-point drop gate")
+        if gates:
+            line += f" ({', '.join(gates)})"
+    guard = guard_label(report.get("forgetting_guard"))
+    if guard:
+        line += f"; {guard}"
     return line
 
 
@@ -231,6 +272,7 @@ def compare(
     format_regex: str | None = None,
     json_schema: str | None = None,
     max_forgetting: float | None = None,
+    max_general_drop: float | None = None,
     limit: int | None = None,
     batch_size: int = 16,
     max_new_tokens: int = 256,
@@ -280,12 +322,19 @@ def compare(
         "seed": seed,
         "variants": variants,
         "training": read_training_curves(adapter),
+        "forgetting_guard": read_forgetting_guard(adapter),
         "forgetting": None,
     }
     if forgetting:
-        say("forgetting: perplexity and KL on general text, agreement on general questions")
+        say("forgetting: perplexity and KL on general text, general questions by category, instruction following")
         report["forgetting"] = measure_forgetting(
-            base, tuned, tokenizer, n_windows=forgetting_windows, window=window_tokens, max_forgetting=max_forgetting
+            base,
+            tuned,
+            tokenizer,
+            n_windows=forgetting_windows,
+            window=window_tokens,
+            max_forgetting=max_forgetting,
+            max_general_drop=max_general_drop,
         )
     report["passed"] = report["forgetting"]["passed"] if report["forgetting"] else None
     report["verdict"] = verdict(report)
@@ -322,5 +371,6 @@ def training_eval(model, tokenizer, config) -> dict:
 
                 base, _ = load_model(config.model, device=str(next(model.parameters()).device))
             results["forgetting"] = measure_forgetting(base, model, tokenizer, max_forgetting=config.max_forgetting)
-            results["forgetting"].pop("answers", None)
+            results["forgetting"].pop("answers", None)  # the summary keeps the numbers; compare's report the answers
+            (results["forgetting"].get("instruction_following") or {}).pop("answers", None)
     return results

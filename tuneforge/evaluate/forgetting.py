@@ -124,7 +124,7 @@ def load_general_categories(path: str | Path = GENERAL_QUESTIONS) -> list[str | 
 
 
 def load_instruction_checks(path: str | Path = INSTRUCTION_CHECKS) -> list[dict]:
-    """Rows `{"messages", "instruction_id_list", "kwargs"}`: a prompt and the IFEval constraints its answer must meet."""
+    """Rows `{"messages", "instruction_id_list", "kwargs"}`: a prompt and the IFEval constraints its answer meets."""
     return _general_rows(path)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from tuneforge.errors import UserError
 
 LABELS = {"zero_shot": "base zero-shot", "few_shot": "base few-shot", "fine_tuned": "fine-tuned"}
+WORSE = ' class="worse"'  # a category the fine-tune answers worse than the base
 COLORS = {"zero_shot": "#9aa5b1", "few_shot": "#5b8def", "fine_tuned": "#2bb673"}
 
 
@@ -185,12 +186,15 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
             "n_checked_questions",
             "base_general_correct",
             "tuned_general_correct",
+            "general_drop_points",
             "n_tokens",
             "max_forgetting_pct",
+            "max_general_drop_points",
             "passed",
         )
         if k in forgetting
     )
+    forgetting_details = _categories_table(forgetting) + _instructions_html(forgetting) + _guard_html(report)
     corpus = forgetting.get("corpus", {})
     examples = variants["fine_tuned"]["examples"][:10]
     example_rows = "".join(
@@ -204,14 +208,15 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
         return "" if key not in entry else (" ✓" if entry[key] else " ✗")
 
     general_rows = "".join(
-        f"<tr><td>{esc(a['question'])}</td><td><code>{esc(a['base'][:120])}</code>{mark(a, 'base_correct')}</td>"
+        f"<tr><td>{esc(a.get('category', ''))}</td><td>{esc(a['question'])}</td>"
+        f"<td><code>{esc(a['base'][:120])}</code>{mark(a, 'base_correct')}</td>"
         f"<td><code>{esc(a['fine_tuned'][:120])}</code>{mark(a, 'fine_tuned_correct')}</td></tr>"
         for a in forgetting.get("answers") or []
     )
     general = (
-        '<h2>General questions: base vs fine-tuned</h2><table class="examples"><tr><th>question</th><th>base</th>'
-        f"<th>fine-tuned</th></tr>{general_rows}</table><p>✓/✗: an accepted answer appears (questions with a "
-        "checkable answer only).</p>"
+        '<h2>General questions: base vs fine-tuned</h2><table class="examples"><tr><th>category</th><th>question</th>'
+        f"<th>base</th><th>fine-tuned</th></tr>{general_rows}</table><p>✓/✗: an accepted answer appears (questions "
+        "with a checkable answer only).</p>"
         if general_rows
         else ""
     )
@@ -222,7 +227,7 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }}
 table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
 td:first-child {{ text-align: left; }} .verdict {{ font-size: 1.15em; background: #f3f7ff; padding: 0.8em; border-left: 4px solid #5b8def; }}
-img {{ max-width: 100%; }} table.examples td {{ text-align: left; }} figure {{ margin: 1em 0; }} code {{ font-size: 0.85em; }}
+td.worse {{ color: #d33; }} img {{ max-width: 100%; }} table.examples td {{ text-align: left; }} figure {{ margin: 1em 0; }} code {{ font-size: 0.85em; }}
 </style></head><body>
 <h1>Zero-shot vs few-shot vs fine-tuned</h1>
 <p class="verdict" id="verdict">{esc(report["verdict"])}</p>
@@ -234,11 +239,81 @@ few test prompts; "batch latency" is the wall time of the batch an answer was ge
 becomes available); "batch wall time per answer" is total batched time divided by the number of answers.</p>
 <h2>Forgetting</h2><p>General text: <code>{esc(corpus.get("name", "–"))}</code> (Python {esc(corpus.get("python", "–"))},
 sha256 {esc(corpus.get("sha256", "–")[:16])}…).</p><table>{forgetting_rows}</table>
+{forgetting_details}
 <h2>Plots</h2>{figures}
 <h2>Fine-tuned answers (first 10)</h2><table class="examples"><tr><th>prompt</th><th>reference</th><th>prediction</th></tr>{example_rows}</table>
 {general}
 </body></html>
 """
+
+
+def _points(base: float, tuned: float) -> str:
+    return f"{100 * (tuned - base):+.1f}"
+
+
+def _categories_table(forgetting: dict) -> str:
+    """Per category: questions, base and fine-tuned correct, and the change in points (red when it fell)."""
+    categories = forgetting.get("categories") or {}
+    if not categories:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{c['n']}</td><td>{_fmt(c['base_correct'], 'pct')}</td>"
+        f"<td>{_fmt(c['tuned_correct'], 'pct')}</td>"
+        f"<td{WORSE if c['tuned_correct'] < c['base_correct'] else ''}>{_points(c['base_correct'], c['tuned_correct'])}"
+        "</td></tr>"
+        for name, c in categories.items()
+    )
+    total = (
+        f"<tr><th>all</th><th>{forgetting['n_checked_questions']}</th>"
+        f"<th>{_fmt(forgetting['base_general_correct'], 'pct')}</th>"
+        f"<th>{_fmt(forgetting['tuned_general_correct'], 'pct')}</th>"
+        f"<th>{-forgetting['general_drop_points']:+.1f}</th></tr>"
+        if "general_drop_points" in forgetting
+        else ""
+    )
+    return (
+        '<h3>General questions by category</h3><table id="categories"><tr><th>category</th><th>questions</th>'
+        f"<th>base correct</th><th>fine-tuned correct</th><th>change (points)</th></tr>{rows}{total}</table>"
+    )
+
+
+def _instructions_html(forgetting: dict) -> str:
+    """The instruction-following line (IFEval strict, prompt level) and its per-instruction table."""
+    following = forgetting.get("instruction_following")
+    if not following:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{c['n']}</td><td>{_fmt(c['base_strict'], 'pct')}</td>"
+        f"<td>{_fmt(c['tuned_strict'], 'pct')}</td><td>{_points(c['base_strict'], c['tuned_strict'])}</td></tr>"
+        for name, c in (following.get("by_instruction") or {}).items()
+    )
+    return (
+        f'<p id="instruction-following"><b>Instruction following</b> (IFEval strict checkers, {following["n"]} '
+        f"prompts; a prompt counts when all its constraints hold): base {_fmt(following['base_strict'], 'pct')} → "
+        f"fine-tuned {_fmt(following['tuned_strict'], 'pct')}.</p>"
+        + (
+            "<details><summary>by instruction</summary><table><tr><th>instruction</th><th>prompts</th><th>base</th>"
+            f"<th>fine-tuned</th><th>change (points)</th></tr>{rows}</table></details>"
+            if rows
+            else ""
+        )
+    )
+
+
+def _guard_html(report: dict) -> str:
+    from tuneforge.evaluate.compare import guard_label
+
+    guard = report.get("forgetting_guard")
+    label = guard_label(guard)
+    if not label:
+        return ""
+    details = ", ".join(
+        f"{html.escape(str(k))} {html.escape(str(v))}"
+        for k, v in guard.items()
+        if k not in ("method", "seconds") and isinstance(v, (str, int, float)) and not isinstance(v, bool)
+    )
+    details = f" ({details})" if details else ""
+    return f'<p id="forgetting-guard">During training: {html.escape(label)}{details}.</p>'
 
 
 def write_report(report: dict, output: str | Path) -> dict[str, Path]:
