@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from tuneforge.data.replay import GENERAL_PROMPTS
-from tuneforge.evaluate.forgetting import GENERAL_QUESTIONS
+from tuneforge.evaluate.forgetting import GENERAL_QUESTIONS, INSTRUCTION_CHECKS
 
-MEASURED_FILES = [GENERAL_QUESTIONS, GENERAL_QUESTIONS.with_name("instruction_checks.jsonl")]
+MEASURED_FILES = [GENERAL_QUESTIONS, INSTRUCTION_CHECKS]
 MIN_PROMPTS = 400
 MIN_CATEGORIES, MIN_PER_CATEGORY = 6, 25
 NEAR_JACCARD = 0.8  # word-set overlap at or above which two texts count as the same question reworded
