@@ -472,7 +472,7 @@ EVERYDAY = [
     ("Which traffic light color means 'go'?", ["green"]),
     ("What tool is used to cut paper?", ["scissors"]),
     ("What is used to write on a blackboard?", ["chalk"]),
-    ("What is used to unlock a door?", ["key", "keys"]),
+    ("What do people write with on paper?", ["pen", "pens", "pencil", "pencils"]),  # not "the key to unlocking..."
     ("What is used to brush teeth?", ["toothbrush", "toothbrushes"]),
     ("What is used to keep the rain off your head?", ["umbrella", "umbrellas"]),
     ("What is used to dry yourself after a shower?", ["towel", "towels"]),
