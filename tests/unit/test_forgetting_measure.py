@@ -276,6 +276,9 @@ def test_verdict_names_the_drop_instructions_both_gates_and_the_guard():
     assert line.endswith("; guard kl, 58 s")
     assert verdict(forgetting_report({"method": "off"})).endswith("; guard off")
     assert "guard" not in verdict(forgetting_report(None))
+    unchanged = forgetting_report(None)
+    unchanged["forgetting"].update(tuned_general_correct=0.8, general_drop_points=0.0)
+    assert "80% -> 80% correct (+0.0 points)" in verdict(unchanged)
 
 
 def test_the_guard_is_read_from_the_adapters_summary(tmp_path):

@@ -241,7 +241,7 @@ def verdict(report: dict) -> str:
                 f"{forgetting['tuned_general_correct']:.0%} correct"
             )
             if forgetting.get("general_drop_points") is not None:
-                line += f" ({-forgetting['general_drop_points']:+.1f} points)"
+                line += f" ({0.0 - forgetting['general_drop_points']:+.1f} points)"
         following = forgetting.get("instruction_following")
         if following:
             line += f", instructions followed {following['base_strict']:.0%} -> {following['tuned_strict']:.0%}"

@@ -267,7 +267,7 @@ def _categories_table(forgetting: dict) -> str:
         f"<tr><th>all</th><th>{forgetting['n_checked_questions']}</th>"
         f"<th>{_fmt(forgetting['base_general_correct'], 'pct')}</th>"
         f"<th>{_fmt(forgetting['tuned_general_correct'], 'pct')}</th>"
-        f"<th>{-forgetting['general_drop_points']:+.1f}</th></tr>"
+        f"<th>{0.0 - forgetting['general_drop_points']:+.1f}</th></tr>"
         if "general_drop_points" in forgetting
         else ""
     )
