@@ -25,6 +25,7 @@ METHODS = ("sft", "dpo", "reward", "grpo")
 REWARD_POOLINGS = ("last", "mean", "sum")
 SCHEDULES = ("cosine", "linear", "constant")
 LOSS_TYPES = ("sigmoid", "ipo", "simpo")
+GUARD_METHODS = ("kl", "replay", "off")  # tuneforge/forgetting_guard.py
 TRACKERS = ("tensorboard", "mlflow", "trackio", "wandb")  # tuneforge/tracking.py, one class each
 EXAMPLES = Path(__file__).parent / "configs"  # METHOD.yaml for each method, shipped in the package
 
@@ -32,6 +33,7 @@ EXAMPLES = Path(__file__).parent / "configs"  # METHOD.yaml for each method, shi
 # A key outside its methods would be silently ignored, so setting it is an error.
 NOT_GRPO = ("sft", "dpo", "reward")
 NOT_REWARD = ("sft", "dpo", "grpo")
+GUARD_WHY_NOT = "a reward model scores answers, it has no general behaviour to keep"
 
 
 def setting(default: Any, doc: str, methods: tuple[str, ...] = METHODS, why_not: str = "") -> Any:
@@ -134,6 +136,16 @@ class TrainConfig:
     replay: str | None = setting(None, "general data mixed in against forgetting: JSONL/text file, builtin:pydoc or "
                                  "builtin:self (the model's own answers)", ("sft",))
     replay_ratio: float = setting(0.0, "replay examples per training example", ("sft",))
+    # The forgetting guard (tuneforge/forgetting_guard.py), on by default: each step also carries general
+    # conversations answered by the base, and the model is held to the base's distributions on them.
+    forgetting_guard: str = setting("kl", "keep the model like the base on general prompts: kl (distil the base's "
+                                    "next-token distributions), replay (train on its answers) or off", NOT_REWARD, GUARD_WHY_NOT)
+    forgetting_guard_ratio: float = setting(0.25, "guard conversations per training example, added to each step",
+                                            NOT_REWARD, GUARD_WHY_NOT)
+    forgetting_guard_weight: float = setting(1.0, "weight of the guard's per-token loss against the task's", NOT_REWARD,
+                                             GUARD_WHY_NOT)
+    forgetting_guard_prompts: str | None = setting(None, "general prompts for the guard, one per line (default: the "
+                                                   "built-in set)", NOT_REWARD, GUARD_WHY_NOT)
     max_forgetting: float | None = setting(None, "fail the run (exit 1) if general-text perplexity rises more than "
                                            "this %", NOT_REWARD, "the gate measures a model that answers prompts")
     early_stopping_patience: int | None = setting(None, "stop after N validation passes without a new best; the "
@@ -237,6 +249,10 @@ def _coerce(name: str, value: Any, problems: list[Problem]) -> Any:
             return None
         problems.append(((name,), f"{name}: may not be empty"))
         return None
+    if name == "forgetting_guard" and isinstance(value, bool):
+        return "kl" if value else "off"  # YAML reads `forgetting_guard: off` as false
+    if name == "forgetting_guard" and isinstance(value, str) and value.lower() in ("false", "no", "none", "0"):
+        return "off"
     if origin is dict:  # the column mapping, the one mapping-valued key: data.readers knows the fields
         from tuneforge.data.readers import parse_columns
 
@@ -330,6 +346,10 @@ def _check_ranges(config: TrainConfig) -> list[Problem]:
     require(config.replay_ratio >= 0, "replay_ratio", "replay_ratio: must be >= 0")
     require(config.replay_ratio == 0 or bool(config.replay), ("replay_ratio", "replay"),
             "replay_ratio: needs --replay FILE (or builtin:pydoc)")
+    require(config.forgetting_guard in GUARD_METHODS, "forgetting_guard",
+            f"forgetting_guard: expected one of {', '.join(GUARD_METHODS)}, got {config.forgetting_guard!r}")
+    require(config.forgetting_guard_ratio >= 0, "forgetting_guard_ratio", "forgetting_guard_ratio: must be >= 0")
+    require(config.forgetting_guard_weight >= 0, "forgetting_guard_weight", "forgetting_guard_weight: must be >= 0")
     require(config.early_stopping_patience is None or config.early_stopping_patience >= 1, "early_stopping_patience",
             "early_stopping_patience: must be >= 1")
     require(bool(config.data), "data", "data: a training file is required (--data FILE)")

@@ -128,6 +128,83 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, head: OutputHead | torch.Tens
     return _LinearCrossEntropySum.apply(hidden, head.weight, head.bias, targets, chunk_rows, head.scale, head.softcap)
 
 
+class _LinearKLSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, teacher_logprobs_of, chunk_rows, scale, softcap):
+        head = OutputHead(weight.to(hidden.dtype), bias, scale, softcap)
+        accumulate = torch.promote_types(hidden.dtype, torch.float32)
+        want_weight_grad = weight.requires_grad
+        want_bias_grad = bias is not None and bias.requires_grad
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) if want_weight_grad else None
+        grad_bias = torch.zeros(bias.shape, dtype=accumulate, device=bias.device) if want_bias_grad else None
+        total = torch.zeros((), dtype=accumulate, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_rows):
+            rows = hidden[start : start + chunk_rows]
+            teacher_log = teacher_logprobs_of(start, start + rows.shape[0])  # [chunk, V] fp32, no grad
+            logits = head.logits(rows)
+            slope = head.slope(logits)
+            student_log = logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))
+            teacher_probs = teacher_log.exp()
+            total += (teacher_probs * (teacher_log - student_log)).sum()
+            # d KL / d student logits = softmax(student) - p_teacher (the soft-target form of softmax - one_hot).
+            grad_logits = student_log.exp_().sub_(teacher_probs)
+            grad_raw = (grad_logits if slope is None else grad_logits.mul_(slope)).to(hidden.dtype)
+            grad_hidden[start : start + chunk_rows] = grad_raw @ head.weight
+            if want_weight_grad:
+                grad_weight += (grad_raw.T @ rows).to(accumulate)
+            if want_bias_grad:
+                grad_bias += grad_raw.sum(dim=0).to(accumulate)
+        empty = torch.empty(0)
+        ctx.save_for_backward(grad_hidden, grad_weight if want_weight_grad else empty, grad_bias if want_bias_grad else empty)
+        ctx.want_weight_grad, ctx.want_bias_grad = want_weight_grad, want_bias_grad
+        ctx.weight_dtype = weight.dtype
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        return total
+
+    backward = staticmethod(_LinearCrossEntropySum.backward)
+
+
+def linear_kl_sum(hidden: torch.Tensor, head: OutputHead | torch.Tensor, teacher_hidden: torch.Tensor,
+                  teacher_head: OutputHead | torch.Tensor | None = None,
+                  chunk_rows: int = DEFAULT_CHUNK_ROWS) -> torch.Tensor:
+    """sum_i KL(p_teacher,i || p_student,i) over rows, on full next-token distributions (natural log):
+
+        KL_i = sum_v p_t(v) (log p_t(v) - log p_s(v)),   p_s = softmax(head.logits(hidden_i)),
+                                                           p_t = softmax(teacher_head.logits(teacher_hidden_i))
+
+    hidden [N, H] (trained), teacher_hidden [N, H] (a frozen model's states at the same positions; no gradient
+    flows to it). `teacher_head` defaults to `head` (LoRA: the output head is not adapted, so the base's head
+    is the student's). Fused like `linear_cross_entropy_sum`: logits of both exist one chunk at a time, and the
+    gradient (softmax_s - p_t, through the head) is computed in the same pass."""
+    head = as_output_head(head)
+    teacher = as_output_head(teacher_head) if teacher_head is not None else head
+    teacher_hidden = teacher_hidden.detach()
+
+    def teacher_logprobs_of(start: int, stop: int) -> torch.Tensor:
+        with torch.no_grad():
+            logits = teacher.logits(teacher_hidden[start:stop].to(hidden.dtype))
+            return logits - torch.logsumexp(logits, dim=-1, keepdim=True)
+
+    if hidden.shape[0] == 0:
+        connected = hidden.sum() * 0.0 + head.weight.sum() * 0.0
+        return connected if head.bias is None else connected + head.bias.sum() * 0.0
+    if not torch.is_grad_enabled():
+        return reference_kl_sum(hidden, head, teacher_hidden, teacher)
+    return _LinearKLSum.apply(hidden, head.weight, head.bias, teacher_logprobs_of, chunk_rows, head.scale, head.softcap)
+
+
+def reference_kl_sum(hidden: torch.Tensor, head: OutputHead | torch.Tensor, teacher_hidden: torch.Tensor,
+                     teacher_head: OutputHead | torch.Tensor | None = None) -> torch.Tensor:
+    """The plain formula for `linear_kl_sum` (all logits at once, autograd for the gradients); a test reference."""
+    head = as_output_head(head)
+    teacher = as_output_head(teacher_head) if teacher_head is not None else head
+    student_log = F.log_softmax(head.logits(hidden), dim=-1)
+    with torch.no_grad():  # the teacher is frozen: no gradient through its logits, even where it shares the head
+        teacher_log = F.log_softmax(teacher.logits(teacher_hidden.detach().to(hidden.dtype)), dim=-1)
+    return (teacher_log.exp() * (teacher_log - student_log)).sum()
+
+
 def shifted_trained_positions(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Hidden states that predict a trained label, and those labels (position t predicts token t+1)."""
     next_labels = labels[:, 1:]

@@ -36,6 +36,7 @@ TRAIN_FLAGS = {
     "replay": "replay",
     "replay_ratio": "replay_ratio",
     "max_forgetting": "max_forgetting",
+    "forgetting_guard": "forgetting_guard",
     "reward": "reward",
     "reward_model": "reward_model",
     # The same spellings as validate / preview / convert take them.
@@ -49,7 +50,7 @@ FLAG_TYPES = {"validation_split": float, "epochs": float, "max_steps": int, "bat
               "seed": int, "save_every": int, "beta": float, "replay_ratio": float, "max_forgetting": float}
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")  # a run's train_config.json is a config file too
 SUMMARY_KEYS = ("status", "output", "steps", "trained_tokens", "tokens_per_second", "final_train_loss",
-                "final_valid_loss", "eval", "forgetting")
+                "final_valid_loss", "eval", "forgetting", "forgetting_guard")
 
 
 def recipes_by_method() -> dict:

@@ -40,6 +40,16 @@ SELF_REPLAY_MAX_NEW_TOKENS = 160
 PARAGRAPH_CHARS = 600  # builtin text is cut into paragraphs about this long: ~150 tokens per example
 
 
+def read_general_prompts(path: str | Path = GENERAL_PROMPTS) -> list[str]:
+    """The prompts of a general-prompts file: one per line, `#` lines are comments, a literal backslash-n
+    inside a line is a line break of that prompt."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UserError(f"cannot read the general prompts file: {exc.strerror}", path=str(path)) from None
+    return [line.strip().replace("\\n", "\n") for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
 def general_corpus(split: str = "eval") -> dict:
     """{"name", "python", "sha256", "texts"}: the topics of one split of pydoc_data.topics, sorted by name.
 

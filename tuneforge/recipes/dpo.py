@@ -28,8 +28,10 @@ from tuneforge.config import TrainConfig
 from tuneforge.data.batching import collate, plan_epoch, split_micro_batches
 from tuneforge.data.formats import load_preference_pairs
 from tuneforge.data.preference import TokenizedPair, tokenize_pairs
+from tuneforge.forgetting_guard import backward_guard_step, build_guard
 from tuneforge.losses import chosen_nll, dpo_sigmoid_loss, ipo_loss, sequence_logprobs, simpo_loss
 from tuneforge.recipes import run
+from tuneforge.schedule import step_plan
 from tuneforge.trainable import autocast_for, build_model, final_hidden_states, output_head
 
 
@@ -149,8 +151,13 @@ def train(config: TrainConfig) -> dict:
     train_reference = reference_logprobs(model, train_pairs, config, pad_id, device, dtype)
     valid_reference = reference_logprobs(model, valid_pairs, config, pad_id, device, dtype)
 
+    _, total_steps, _ = step_plan(len(train_pairs), pairs_per_step, config.epochs, config.max_steps, config.warmup_ratio)
+    guard = build_guard(config, model, tokenizer, dtype, total_steps)  # the base answers general prompts
+    micro_tokens = config.resolved_micro_batch_tokens(device)
+
     describe = (f"{config.method}/{config.loss_type} beta={config.beta} {'full' if config.full else f'LoRA r={config.lora_r}'}"
-                + (f" from adapter {config.init_adapter}" if config.init_adapter else ""))
+                + (f" from adapter {config.init_adapter}" if config.init_adapter else "")
+                + (f" + forgetting guard ({guard.method}, {guard.per_step}/step)" if guard else ""))
     with run.start(config, model, tokenizer, device, dtype, n_items=len(train_pairs), items_per_step=pairs_per_step,
                    describe=describe,
                    items=f"{len(train_pairs)} pairs") as shell:
@@ -170,9 +177,13 @@ def train(config: TrainConfig) -> dict:
                     )
                 (losses.sum() / len(step.indices)).backward()  # per-pair losses over the pairs of the whole step
                 stats.add(losses, chosen_rewards, rejected_rewards, chosen, rejected)
+            metrics = stats.means()
+            if guard:
+                metrics[f"guard_{guard.method}"] = round(backward_guard_step(
+                    guard, model, step.number, pad_id, device, dtype, micro_tokens, config.batch_size), 6)
             run.optimizer_step(shell, step)
             tokens = sum(len(train_pairs[i].chosen.input_ids) + len(train_pairs[i].rejected.input_ids) for i in step.indices)
-            run.log(shell, step, stats.means(), tokens=tokens, show=("loss", "rewards/accuracies"))
+            run.log(shell, step, metrics, tokens=tokens, show=("loss", "rewards/accuracies"))
             if valid_pairs and run.validation_due(shell):
                 run.log_valid(shell, evaluate_pairs(model, valid_pairs, valid_reference, config, pad_id, device, dtype))
             run.checkpoint_if_due(shell, step)
@@ -187,6 +198,7 @@ def train(config: TrainConfig) -> dict:
             "init_adapter": config.init_adapter,
             "n_pairs": len(train_pairs),
             "n_validation_pairs": len(valid_pairs),
+            "forgetting_guard": guard.summary() if guard else {"method": "off"},
             "train_preference_accuracy": train_accuracy,
             # Held-out when there are validation pairs, else the last train steps'.
             "preference_accuracy": final.get("rewards/accuracies", train_accuracy),

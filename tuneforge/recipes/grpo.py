@@ -34,9 +34,11 @@ from tuneforge.data.batching import collate, plan_epoch, split_micro_batches
 from tuneforge.data.preference import RLPrompt, load_rl_prompts
 from tuneforge.data.tokenize import IGNORE_INDEX, TokenizedExample, end_of_turn_ids, tokenize_prompt
 from tuneforge.errors import UserError
+from tuneforge.forgetting_guard import backward_guard_step, build_guard
 from tuneforge.generation import generate_ids
 from tuneforge.losses import group_advantages, grpo_token_loss, shifted_trained_positions, token_logprobs
 from tuneforge.recipes import run
+from tuneforge.schedule import step_plan
 from tuneforge.trainable import autocast_for, build_model, final_hidden_states, output_head
 
 REFERENCE_ADAPTER = "reference"
@@ -134,8 +136,12 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
     def held_out():
         return {"reward": round(held_out_reward(model, tokenizer, valid_prompts, valid_ids, score, config, eos_ids, pad_id), 6)}
 
+    _, total_steps, _ = step_plan(len(prompts), config.batch_size, config.epochs, config.max_steps, config.warmup_ratio)
+    guard = build_guard(config, model, tokenizer, dtype, total_steps)  # the base answers general prompts
     reward_name = config.reward or config.reward_model or "callable"
     describe = f"grpo {'full' if config.full else f'LoRA r={config.lora_r}'}, reward {reward_name}"
+    if guard:
+        describe += f" + forgetting guard ({guard.method}, {guard.per_step}/step)"
     with run.start(config, model, tokenizer, device, dtype, n_items=len(prompts), items_per_step=config.batch_size,
                    describe=describe,
                    items=f"{len(prompts)} prompts x {config.group_size} samples") as shell:
@@ -194,9 +200,13 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
                     kl_total += float(kl.sum())
                     ratio = torch.exp(logprobs.detach() - old_logprobs)
                     clipped += int(((ratio - 1).abs() > config.clip_epsilon).sum())
+                guard_loss = backward_guard_step(guard, model, step.number, pad_id, device, dtype,
+                                                 config.resolved_micro_batch_tokens(device), config.batch_size) \
+                    if guard else None
                 run.optimizer_step(shell, step)  # the same scheduled lr for every update on this batch
 
             run.log(shell, step, {
+                **({f"guard_{guard.method}": round(guard_loss, 6)} if guard else {}),
                 "loss": round(loss_total, 6),
                 "reward": round(float(rewards.mean()), 6),
                 "reward_std": round(float(rewards.std(unbiased=False)), 6),
@@ -219,6 +229,7 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
             "n_prompts": len(prompts),
             "n_validation_prompts": len(valid_prompts),
             "group_size": config.group_size,
+            "forgetting_guard": guard.summary() if guard else {"method": "off"},
             "initial_train_reward": history[0]["reward"] if history else None,
             "final_train_reward": run.tail_mean(shell, "reward"),
             "initial_valid_reward": valid_history[0]["reward"] if valid_history else None,

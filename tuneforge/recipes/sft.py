@@ -13,6 +13,7 @@ FSDP2 for full fine-tuning; see `tuneforge.distributed`).
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -21,11 +22,19 @@ from tuneforge.checkpoint import restore_trainable, save_weights, trainable_stat
 from tuneforge.config import TrainConfig
 from tuneforge.data.batching import collate, count_trained_targets, plan_epoch, split_micro_batches
 from tuneforge.data.formats import Conversation, load_conversations
-from tuneforge.data.replay import BUILTIN_SELF, GENERAL_PROMPTS, SELF_REPLAY_MAX_NEW_TOKENS, replay_examples
+from tuneforge.data.replay import (
+    BUILTIN_SELF,
+    GENERAL_PROMPTS,
+    SELF_REPLAY_MAX_NEW_TOKENS,
+    read_general_prompts,
+    replay_examples,
+)
 from tuneforge.data.tokenize import TokenizedExample, tokenize_conversation_examples
 from tuneforge.errors import UserError
+from tuneforge.forgetting_guard import Guard, build_guard, guard_loss_sum
 from tuneforge.losses import linear_cross_entropy_sum, shifted_trained_positions
 from tuneforge.recipes import run
+from tuneforge.schedule import step_plan
 from tuneforge.trainable import autocast_for, build_model, final_hidden_states, output_head
 
 
@@ -56,16 +65,19 @@ def micro_batch_loss_sum(model, batch) -> tuple[torch.Tensor, int]:
 
 class TrainedTokenLoss(torch.nn.Module):
     """The model's forward and the fused loss as one module, so DDP / FSDP wrap the whole computation
-    (the fused loss reads the output head's weight directly, outside the model's own forward)."""
+    (the fused loss reads the output head's weight directly, outside the model's own forward). A micro-batch
+    of the forgetting guard's conversations takes the guard's loss instead."""
 
-    def __init__(self, model):
+    def __init__(self, model, guard: Guard | None = None):
         super().__init__()
         self.model = model
+        self._guard = [guard]  # in a list: a full fine-tune's frozen base must stay out of DDP / FSDP's module tree
 
-    def forward(self, input_ids, attention_mask, labels):
-        return micro_batch_loss_sum(
-            self.model, {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        )
+    def forward(self, input_ids, attention_mask, labels, guard_pass: bool = False):
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if guard_pass:
+            return guard_loss_sum(self.model, self._guard[0], batch)
+        return micro_batch_loss_sum(self.model, batch)
 
 
 @torch.no_grad()
@@ -100,7 +112,7 @@ def validation_loss(
 def self_replay_rows(model, tokenizer) -> list[Conversation]:
     """`--replay builtin:self`: the model's own greedy answers to general prompts, as chat rows (finished
     answers only). The model runs here, in the recipe; the data layer only tokenizes and samples them."""
-    prompts = [line for line in GENERAL_PROMPTS.read_text().splitlines() if line.strip()]
+    prompts = read_general_prompts(GENERAL_PROMPTS)
     conversations = [[{"role": "user", "content": prompt}] for prompt in prompts]
     was_training = model.training
     model.eval()
@@ -133,9 +145,14 @@ def train(config: TrainConfig) -> dict:
     lengths = [len(e.input_ids) for e in train_examples]
     examples_per_step = config.batch_size * config.gradient_accumulation
     micro_tokens = config.resolved_micro_batch_tokens(device)
-    loss_model = distributed.wrap(TrainedTokenLoss(model), model, world, config.full)
+    _, total_steps, _ = step_plan(len(train_examples), examples_per_step, config.epochs, config.max_steps,
+                                  config.warmup_ratio)
+    guard = build_guard(config, model, tokenizer, dtype, total_steps)  # before any weight moves: it needs the base
+    loss_model = distributed.wrap(TrainedTokenLoss(model, guard), model, world, config.full)
 
     describe = f"sft {'full' if config.full else f'LoRA r={config.lora_r}'}"
+    if guard:
+        describe += f" + forgetting guard ({guard.method}, {guard.per_step}/step)"
     best_valid, evals_since_best, best_step, best_weights = math.inf, 0, None, None  # early stopping
     with run.start(config, model, tokenizer, device, dtype, n_items=len(train_examples),
                    items_per_step=examples_per_step, describe=describe,
@@ -143,23 +160,33 @@ def train(config: TrainConfig) -> dict:
         for step in run.steps(shell, lambda epoch: plan_epoch(lengths, examples_per_step, config.seed, epoch)):
             window = [train_examples[i] for i in step.indices]
             window_targets = count_trained_targets(window)
-            passes = distributed.forward_passes(
+            passes = [(train_examples, micro, weight, window_targets, False) for micro, weight in distributed.forward_passes(
                 step.indices, lengths, world, lambda share: split_micro_batches(share, lengths, micro_tokens, config.batch_size)
-            )
-            step_loss = 0.0
-            for position, (micro, weight) in enumerate(passes):
-                batch = collate([train_examples[i] for i in micro], pad_id, device)
+            )]
+            guard_window, guard_passes = guard.passes_for_step(step.number, world, micro_tokens, config.batch_size) \
+                if guard else ([], [])
+            passes += guard_passes
+            step_loss = guard_loss = 0.0
+            for position, (pool, micro, weight, normaliser, guard_pass) in enumerate(passes):
+                started = time.perf_counter()
+                batch = collate([pool[i] for i in micro], pad_id, device)
                 with distributed.gradient_sync(loss_model, sync=position == len(passes) - 1):
                     with autocast_for(device, dtype):
-                        loss_sum, _ = loss_model(**batch)
+                        loss_sum, _ = loss_model(**batch, guard_pass=True) if guard_pass else loss_model(**batch)
                     # Summed token loss over the whole step's trained tokens (x world size: see distributed).
-                    (loss_sum * (weight / window_targets)).backward()
-                if weight:
+                    (loss_sum * (weight / normaliser)).backward()
+                if guard_pass:
+                    guard.train_seconds += time.perf_counter() - started
+                    if weight:
+                        guard_loss += float(loss_sum.detach()) / (normaliser * guard.weight)
+                elif weight:
                     step_loss += float(loss_sum.detach()) / window_targets
-            (step_loss,) = distributed.sum_over_ranks([step_loss], world)
+            step_loss, guard_loss = distributed.sum_over_ranks([step_loss, guard_loss], world)
             run.optimizer_step(shell, step)
-            run.log(shell, step, {"loss": round(step_loss, 6)}, tokens=sum(len(e.input_ids) for e in window),
-                    loss_tokens=window_targets)
+            metrics = {"loss": round(step_loss, 6)}
+            if guard_window:
+                metrics[f"guard_{guard.method}"] = round(guard_loss, 6)
+            run.log(shell, step, metrics, tokens=sum(len(e.input_ids) for e in window), loss_tokens=window_targets)
 
             if valid_examples and run.validation_due(shell):
                 valid_loss = validation_loss(loss_model, valid_examples, config, device, dtype, world)
@@ -182,6 +209,7 @@ def train(config: TrainConfig) -> dict:
             "n_examples": len(train_examples),
             "n_validation_examples": len(valid_examples),
             "n_replay_examples": len(replay),
+            "forgetting_guard": guard.summary() if guard else {"method": "off"},
             "best_valid_loss": round(best_valid, 6) if best_step is not None else None,
             "best_step": best_step,
             "weights_from_step": best_step if shell.status == "early_stopped" and best_weights is not None
