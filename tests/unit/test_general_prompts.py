@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge.data.replay import GENERAL_PROMPTS
+from tuneforge.data.replay import GENERAL_PROMPTS, read_general_prompts
 from tuneforge.evaluate.forgetting import GENERAL_QUESTIONS, INSTRUCTION_CHECKS
 
 MEASURED_FILES = [GENERAL_QUESTIONS, INSTRUCTION_CHECKS]
@@ -46,7 +46,8 @@ def categorised_prompts(path: Path = GENERAL_PROMPTS) -> dict[str, list[str]]:
 
 
 def all_prompts() -> list[str]:
-    return [prompt for prompts in categorised_prompts().values() for prompt in prompts]
+    """What the guard asks the base: the project's own reader of the file."""
+    return read_general_prompts()
 
 
 def normalise(text: str) -> str:
@@ -81,6 +82,11 @@ def test_there_are_many_prompts_in_several_large_categories():
     large = [name for name, prompts in groups.items() if len(prompts) >= MIN_PER_CATEGORY]
     assert len(large) >= MIN_CATEGORIES, {name: len(prompts) for name, prompts in groups.items()}
     assert all(groups.values()), "a '# category:' line with no prompts under it"
+
+
+def test_the_reader_sees_exactly_the_categorised_prompts():
+    """Every prompt the guard reads sits under a '# category:' line, and no comment is read as a prompt."""
+    assert read_general_prompts() == [p for prompts in categorised_prompts().values() for p in prompts]
 
 
 def test_no_two_prompts_are_the_same_after_normalising():
