@@ -148,6 +148,9 @@ class TrainConfig:
                                                    "built-in set)", NOT_REWARD, GUARD_WHY_NOT)
     max_forgetting: float | None = setting(None, "fail the run (exit 1) if general-text perplexity rises more than "
                                            "this %", NOT_REWARD, "the gate measures a model that answers prompts")
+    max_general_drop: float | None = setting(None, "fail the run (exit 1) if the share of general questions answered "
+                                             "correctly falls more than this many points", NOT_REWARD,
+                                             "the gate measures a model that answers prompts")
     early_stopping_patience: int | None = setting(None, "stop after N validation passes without a new best; the "
                                                   "best weights are kept", ("sft",))
 
@@ -348,6 +351,8 @@ def _check_ranges(config: TrainConfig) -> list[Problem]:
             "replay_ratio: needs --replay FILE (or builtin:pydoc)")
     require(config.forgetting_guard in GUARD_METHODS, "forgetting_guard",
             f"forgetting_guard: expected one of {', '.join(GUARD_METHODS)}, got {config.forgetting_guard!r}")
+    require(config.max_general_drop is None or config.max_general_drop >= 0, "max_general_drop",
+            "max_general_drop: must be >= 0 (points)")
     require(config.forgetting_guard_ratio >= 0, "forgetting_guard_ratio", "forgetting_guard_ratio: must be >= 0")
     require(config.forgetting_guard_weight >= 0, "forgetting_guard_weight", "forgetting_guard_weight: must be >= 0")
     require(config.early_stopping_patience is None or config.early_stopping_patience >= 1, "early_stopping_patience",

@@ -192,3 +192,36 @@ def test_guard_holds_the_model_near_its_base_on_general_prompts(tmp_path, tiny_m
 
     assert drift("kl") < 0.5 * drift("off")
     assert guarded["final_train_loss"] < 1.0
+
+
+@pytest.mark.parametrize("method", ["sft-lora", "sft-full", "dpo", "grpo"])
+def test_every_method_carries_the_guard_and_starts_at_zero_kl(tmp_path, tiny_model_dir, qa_rows, monkeypatch, method):
+    """sft (LoRA: the adapter-off teacher; full: a frozen copy), dpo and grpo each run the guard by default; its
+    first step's KL is measured before any update, when the model is its base, so it is 0 — the teacher is
+    really the base — and it is positive once the weights have moved."""
+    monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
+    prompts = write_jsonl(tmp_path / "prompts.txt", [f"hello what is {c} please" for c in "abcdefghijklmnop"])
+    settings = {"model": str(tiny_model_dir), "output": str(tmp_path / "out"), "max_steps": 4, "batch_size": 4,
+                "learning_rate": 1e-2, "dtype": "float32", "forgetting_guard_prompts": str(prompts)}
+    if method.startswith("sft"):
+        from tuneforge.recipes.sft import train
+
+        settings.update(data=str(write_jsonl(tmp_path / "train.jsonl", qa_rows)), full=method == "sft-full")
+        summary = train(build_config(settings))
+    elif method == "dpo":
+        from tests.unit.test_dpo import preference_rows
+        from tuneforge.recipes.dpo import train
+
+        settings.update(data=str(write_jsonl(tmp_path / "pairs.jsonl", preference_rows())), method="dpo")
+        summary = train(build_config(settings))
+    else:
+        from tuneforge.recipes.grpo import train
+
+        rows = [{"messages": [{"role": "user", "content": f"what is {c}"}]} for c in "abcdefgh"]
+        settings.update(data=str(write_jsonl(tmp_path / "prompts.jsonl", rows)), method="grpo", reward="tests:unused",
+                        group_size=2, max_new_tokens=4)
+        summary = train(build_config(settings), reward_fn=lambda prompt, completion, reference: float(len(completion)))
+    assert summary["forgetting_guard"]["method"] == "kl" and summary["forgetting_guard"]["per_step"] == 1
+    logged = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    guard_kl = [record["guard_kl"] for record in logged if "guard_kl" in record]
+    assert len(guard_kl) == 4 and guard_kl[0] == pytest.approx(0.0, abs=1e-5) and max(guard_kl[1:]) > 1e-4

@@ -37,6 +37,7 @@ TRAIN_FLAGS = {
     "replay_ratio": "replay_ratio",
     "max_forgetting": "max_forgetting",
     "forgetting_guard": "forgetting_guard",
+    "max_general_drop": "max_general_drop",
     "reward": "reward",
     "reward_model": "reward_model",
     # The same spellings as validate / preview / convert take them.
@@ -47,7 +48,8 @@ TRAIN_FLAGS = {
 # --validation-fraction), so one habit works everywhere.
 FLAG_ALIASES = {"validation_data": ["--validation-file"], "validation_split": ["--validation-fraction"]}
 FLAG_TYPES = {"validation_split": float, "epochs": float, "max_steps": int, "batch_size": int, "lr": float,
-              "seed": int, "save_every": int, "beta": float, "replay_ratio": float, "max_forgetting": float}
+              "seed": int, "save_every": int, "beta": float, "replay_ratio": float, "max_forgetting": float,
+              "max_general_drop": float}
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")  # a run's train_config.json is a config file too
 SUMMARY_KEYS = ("status", "output", "steps", "trained_tokens", "tokens_per_second", "final_train_loss",
                 "final_valid_loss", "eval", "forgetting", "forgetting_guard")

@@ -363,14 +363,15 @@ def training_eval(model, tokenizer, config) -> dict:
             result = evaluate(model, tokenizer, config.eval_data)
             result.pop("examples")
             results["eval"] = result
-        if config.max_forgetting is not None:
+        if config.max_forgetting is not None or config.max_general_drop is not None:
             if hasattr(model, "disable_adapter"):
                 base = AdapterDisabled(model)
             else:
                 from tuneforge.models import load_model
 
                 base, _ = load_model(config.model, device=str(next(model.parameters()).device))
-            results["forgetting"] = measure_forgetting(base, model, tokenizer, max_forgetting=config.max_forgetting)
+            results["forgetting"] = measure_forgetting(base, model, tokenizer, max_forgetting=config.max_forgetting,
+                                                       max_general_drop=config.max_general_drop)
             results["forgetting"].pop("answers", None)  # the summary keeps the numbers; compare's report the answers
             (results["forgetting"].get("instruction_following") or {}).pop("answers", None)
     return results

@@ -380,7 +380,7 @@ def finish(run: Run, method_fields: dict) -> dict:
     }
     if not run.world.is_main:
         return summary
-    if config.eval_data or config.max_forgetting is not None:
+    if config.eval_data or config.max_forgetting is not None or config.max_general_drop is not None:
         from tuneforge.evaluate.compare import training_eval
 
         summary.update(training_eval(run.model, run.tokenizer, config))  # "eval" and "forgetting" (with its gate)
