@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import random
 import time
@@ -44,7 +45,7 @@ from tuneforge.losses import linear_cross_entropy_sum, linear_kl_sum, shifted_tr
 from tuneforge.models import tuneforge_home
 from tuneforge.trainable import autocast_for, core, final_hidden_states, output_head
 
-GUARD_MAX_NEW_TOKENS = 96  # the base's answer budget; an answer cut there still carries its distributions (kl)
+GUARD_MAX_NEW_TOKENS = 64  # the base's answer budget; an answer cut there still carries its distributions (kl)
 GUARD_GENERATION_BATCH = 32
 CACHE_FORMAT = 1
 FROZEN_COPY_MAX_SHARE = 0.5  # a full fine-tune keeps a frozen base copy only if it takes under half of free memory
@@ -155,19 +156,20 @@ class Guard:
     method: str
     weight: float
     examples: list[TokenizedExample]
-    per_step: int
+    per_step: float  # guard conversations per optimizer step, on average
     seed: int
     frozen_base: torch.nn.Module | None = None  # full fine-tuning's teacher; None: the adapter-off model
     info: dict = field(default_factory=dict)
     train_seconds: float = 0.0
 
     def indices_for_step(self, step_number: int) -> list[int]:
-        """The guard examples of optimizer step `step_number`: slots [k*s, k*(s+1)) of an endless sequence of
-        seeded shuffles of the pool, so every example is seen once before any is seen twice, and a resumed
-        run draws what the uninterrupted one drew."""
+        """The guard examples of optimizer step `step_number`: slots [floor(k*s), floor(k*(s+1))) of an endless
+        sequence of seeded shuffles of the pool, k = per_step (a fraction allowed: 0.5 is one every other
+        step), so every example is seen once before any is seen twice, and a resumed run draws what the
+        uninterrupted one drew."""
         n = len(self.examples)
         chosen = []
-        for slot in range(self.per_step * step_number, self.per_step * (step_number + 1)):
+        for slot in range(math.floor(self.per_step * step_number + 1e-9), math.floor(self.per_step * (step_number + 1) + 1e-9)):
             cycle, position = divmod(slot, n)
             order = list(range(n))
             random.Random(self.seed * 1_000_003 + 7919 * cycle).shuffle(order)
@@ -179,6 +181,8 @@ class Guard:
         normaliser, True)). The normaliser is the step's guard tokens / weight, so the guard adds its own
         per-token mean times its weight, and the task's loss keeps its own normalisation."""
         window = [self.examples[i] for i in self.indices_for_step(step_number)]
+        if not window:  # a fractional per_step: this step carries none
+            return [], []
         lengths = [len(e.input_ids) for e in window]
         normaliser = count_trained_targets(window) / self.weight
         passes = distributed.forward_passes(list(range(len(window))), lengths, world,
@@ -186,7 +190,7 @@ class Guard:
         return window, [(window, micro, weight, normaliser, True) for micro, weight in passes]
 
     def summary(self) -> dict:
-        return {"method": self.method, "weight": self.weight, "per_step": self.per_step,
+        return {"method": self.method, "weight": self.weight, "per_step": round(self.per_step, 4),
                 "n_examples": len(self.examples), **self.info,
                 "train_seconds": round(self.train_seconds, 2),
                 "seconds": round(self.train_seconds + self.info.get("cache_seconds", 0.0), 2)}
@@ -208,7 +212,7 @@ def fits_frozen_copy(model) -> bool:
 def build_guard(config, model, tokenizer, dtype: torch.dtype, total_steps: int) -> Guard | None:
     """The guard for this run (None when off): base answers (cached), tokenized conversations, teacher."""
     method = config.forgetting_guard
-    per_step = round(config.forgetting_guard_ratio * config.batch_size * config.gradient_accumulation)
+    per_step = config.forgetting_guard_ratio * config.batch_size * config.gradient_accumulation
     if method == "off" or per_step <= 0 or config.forgetting_guard_weight <= 0:
         return None
     source = config.forgetting_guard_prompts
@@ -217,7 +221,7 @@ def build_guard(config, model, tokenizer, dtype: torch.dtype, total_steps: int) 
         raise UserError("no prompts in the forgetting guard's prompt file", path=source)
     order = list(range(len(prompts)))
     random.Random(config.seed).shuffle(order)
-    wanted = [prompts[i] for i in order[: min(len(prompts), per_step * max(total_steps, 1))]]
+    wanted = [prompts[i] for i in order[: min(len(prompts), math.ceil(per_step * max(total_steps, 1)))]]
     answers, info = base_answers(model, tokenizer, wanted, dtype)
     info["prompts"] = source or "builtin"
     frozen = None
@@ -241,12 +245,15 @@ def build_guard(config, model, tokenizer, dtype: torch.dtype, total_steps: int) 
 
 
 def backward_guard_step(guard: Guard, model, step_number: int, pad_id: int, device: str, dtype: torch.dtype,
-                        micro_tokens: int, max_rows: int) -> float:
+                        micro_tokens: int, max_rows: int) -> float | None:
     """One process: forward and backward over one optimizer step's guard conversations (their gradient joins
-    the task's before the recipe's optimizer step). Returns the guard's per-token loss for the log. (SFT runs
+    the task's before the recipe's optimizer step). Returns the guard's per-token loss for the log, None for
+    a step that carries no guard conversation. (SFT runs
     its guard passes in its own loop, interleaved with DDP's gradient sync.)"""
     started = time.perf_counter()
     _, passes = guard.passes_for_step(step_number, distributed.World(), micro_tokens, max_rows)
+    if not passes:
+        return None
     total = 0.0
     for pool, micro, _, normaliser, _ in passes:
         batch = collate([pool[i] for i in micro], pad_id, device)

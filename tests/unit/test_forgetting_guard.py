@@ -164,7 +164,7 @@ def test_guard_holds_the_model_near_its_base_on_general_prompts(tmp_path, tiny_m
     unguarded = _train(tmp_path, tiny_model_dir, qa_rows, "off", forgetting_guard="off")
     assert guarded["steps"] == unguarded["steps"]  # the guard rides along; the task's schedule is unchanged
     block = guarded["forgetting_guard"]
-    assert block["method"] == "kl" and block["per_step"] == 2 and block["cache"] == "miss"
+    assert block["method"] == "kl" and block["per_step"] == 2 and block["cache"] == "miss"  # 0.5 x batch 4
     assert block["seconds"] >= block["train_seconds"] > 0
     logged = [json.loads(line) for line in (tmp_path / "kl" / "metrics.jsonl").read_text().splitlines()]
     assert all(record["guard_kl"] >= 0 for record in logged if "loss" in record)
@@ -191,7 +191,10 @@ def test_guard_holds_the_model_near_its_base_on_general_prompts(tmp_path, tiny_m
         return total / count
 
     assert drift("kl") < 0.5 * drift("off")
-    assert guarded["final_train_loss"] < 1.0
+    # ... and the task is learnt about as well as without it.
+    first_loss = next(record["loss"] for record in logged if "loss" in record)
+    assert guarded["final_train_loss"] < 0.6 * first_loss
+    assert guarded["final_train_loss"] < 1.25 * unguarded["final_train_loss"]
 
 
 @pytest.mark.parametrize("method", ["sft-lora", "sft-full", "dpo", "grpo"])
@@ -201,7 +204,7 @@ def test_every_method_carries_the_guard_and_starts_at_zero_kl(tmp_path, tiny_mod
     really the base — and it is positive once the weights have moved."""
     monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
     prompts = write_jsonl(tmp_path / "prompts.txt", [f"hello what is {c} please" for c in "abcdefghijklmnop"])
-    settings = {"model": str(tiny_model_dir), "output": str(tmp_path / "out"), "max_steps": 4, "batch_size": 4,
+    settings = {"model": str(tiny_model_dir), "output": str(tmp_path / "out"), "max_steps": 4, "batch_size": 8,
                 "learning_rate": 1e-2, "dtype": "float32", "forgetting_guard_prompts": str(prompts)}
     if method.startswith("sft"):
         from tuneforge.recipes.sft import train
@@ -219,9 +222,19 @@ def test_every_method_carries_the_guard_and_starts_at_zero_kl(tmp_path, tiny_mod
 
         rows = [{"messages": [{"role": "user", "content": f"what is {c}"}]} for c in "abcdefgh"]
         settings.update(data=str(write_jsonl(tmp_path / "prompts.jsonl", rows)), method="grpo", reward="tests:unused",
-                        group_size=2, max_new_tokens=4)
+                        group_size=2, max_new_tokens=4, batch_size=4, forgetting_guard_ratio=0.25)
         summary = train(build_config(settings), reward_fn=lambda prompt, completion, reference: float(len(completion)))
     assert summary["forgetting_guard"]["method"] == "kl" and summary["forgetting_guard"]["per_step"] == 1
     logged = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     guard_kl = [record["guard_kl"] for record in logged if "guard_kl" in record]
     assert len(guard_kl) == 4 and guard_kl[0] == pytest.approx(0.0, abs=1e-5) and max(guard_kl[1:]) > 1e-4
+
+
+def test_a_fractional_share_spreads_the_guard_over_steps():
+    """per_step 0.5: one conversation every other step; 1.5: one and two in turn, 3 per 2 steps."""
+    examples = [TokenizedExample(input_ids=[1, 2], labels=[1, 2]) for _ in range(7)]
+    half = Guard(method="kl", weight=1.0, examples=examples, per_step=0.5, seed=0)
+    assert [len(half.indices_for_step(s)) for s in range(6)] == [0, 1, 0, 1, 0, 1]
+    assert half.passes_for_step(0, None, 512, 8) == ([], [])
+    one_and_half = Guard(method="kl", weight=1.0, examples=examples, per_step=1.5, seed=0)
+    assert [len(one_and_half.indices_for_step(s)) for s in range(4)] == [1, 2, 1, 2]

@@ -342,9 +342,10 @@ def compare(
 
 
 FORGETTING_HINT = (
-    "hint: the fine-tune forgot general ability; mix general data back into training, e.g. "
-    "--replay builtin:self --replay-ratio 0.25 (the model's own answers to general prompts) or "
-    "--replay builtin:pydoc; or train fewer epochs / a lower --lr. See docs/evaluation.md."
+    "hint: the fine-tune forgot general ability. The forgetting guard is on by default (forgetting_guard=kl): "
+    "if the run set forgetting_guard=off, drop that; else hold it tighter with forgetting_guard_weight=2 or "
+    "forgetting_guard_ratio=0.5, add general data of your own with --replay FILE --replay-ratio 0.25, or train "
+    "fewer epochs / a lower --lr. See docs/evaluation.md."
 )
 
 

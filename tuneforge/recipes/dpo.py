@@ -157,7 +157,7 @@ def train(config: TrainConfig) -> dict:
 
     describe = (f"{config.method}/{config.loss_type} beta={config.beta} {'full' if config.full else f'LoRA r={config.lora_r}'}"
                 + (f" from adapter {config.init_adapter}" if config.init_adapter else "")
-                + (f" + forgetting guard ({guard.method}, {guard.per_step}/step)" if guard else ""))
+                + (f" + forgetting guard ({guard.method}, {guard.per_step:g}/step)" if guard else ""))
     with run.start(config, model, tokenizer, device, dtype, n_items=len(train_pairs), items_per_step=pairs_per_step,
                    describe=describe,
                    items=f"{len(train_pairs)} pairs") as shell:
@@ -178,9 +178,10 @@ def train(config: TrainConfig) -> dict:
                 (losses.sum() / len(step.indices)).backward()  # per-pair losses over the pairs of the whole step
                 stats.add(losses, chosen_rewards, rejected_rewards, chosen, rejected)
             metrics = stats.means()
-            if guard:
-                metrics[f"guard_{guard.method}"] = round(backward_guard_step(
-                    guard, model, step.number, pad_id, device, dtype, micro_tokens, config.batch_size), 6)
+            guard_loss = backward_guard_step(guard, model, step.number, pad_id, device, dtype, micro_tokens,
+                                             config.batch_size) if guard else None
+            if guard_loss is not None:
+                metrics[f"guard_{guard.method}"] = round(guard_loss, 6)
             run.optimizer_step(shell, step)
             tokens = sum(len(train_pairs[i].chosen.input_ids) + len(train_pairs[i].rejected.input_ids) for i in step.indices)
             run.log(shell, step, metrics, tokens=tokens, show=("loss", "rewards/accuracies"))

@@ -141,7 +141,7 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
     reward_name = config.reward or config.reward_model or "callable"
     describe = f"grpo {'full' if config.full else f'LoRA r={config.lora_r}'}, reward {reward_name}"
     if guard:
-        describe += f" + forgetting guard ({guard.method}, {guard.per_step}/step)"
+        describe += f" + forgetting guard ({guard.method}, {guard.per_step:g}/step)"
     with run.start(config, model, tokenizer, device, dtype, n_items=len(prompts), items_per_step=config.batch_size,
                    describe=describe,
                    items=f"{len(prompts)} prompts x {config.group_size} samples") as shell:
@@ -206,7 +206,7 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
                 run.optimizer_step(shell, step)  # the same scheduled lr for every update on this batch
 
             run.log(shell, step, {
-                **({f"guard_{guard.method}": round(guard_loss, 6)} if guard else {}),
+                **({f"guard_{guard.method}": round(guard_loss, 6)} if guard_loss is not None else {}),
                 "loss": round(loss_total, 6),
                 "reward": round(float(rewards.mean()), 6),
                 "reward_std": round(float(rewards.std(unbiased=False)), 6),

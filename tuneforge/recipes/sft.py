@@ -152,7 +152,7 @@ def train(config: TrainConfig) -> dict:
 
     describe = f"sft {'full' if config.full else f'LoRA r={config.lora_r}'}"
     if guard:
-        describe += f" + forgetting guard ({guard.method}, {guard.per_step}/step)"
+        describe += f" + forgetting guard ({guard.method}, {guard.per_step:g}/step)"
     best_valid, evals_since_best, best_step, best_weights = math.inf, 0, None, None  # early stopping
     with run.start(config, model, tokenizer, device, dtype, n_items=len(train_examples),
                    items_per_step=examples_per_step, describe=describe,
