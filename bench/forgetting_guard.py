@@ -37,6 +37,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--out", default="/tmp/tuneforge-guard-bench")
+    parser.add_argument("--guard", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="settings of the two guarded runs, e.g. forgetting_guard_ratio=0.25")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -45,11 +47,12 @@ def main() -> int:
     # Cold: forget this base's cached answers (the cache file the warm-up names), then train with the guard.
     warm_up = train(out / "probe", 0.01)
     Path(warm_up["forgetting_guard"]["cache_file"]).unlink()
-    cold = train(out / "cold", args.epochs)
-    warm = train(out / "warm", args.epochs)
+    cold = train(out / "cold", args.epochs, *args.guard)
+    warm = train(out / "warm", args.epochs, *args.guard)
     result = {
         "cpu": os.popen("lscpu | grep 'Model name' | head -1").read().split(":")[-1].strip(),
         "threads": os.environ.get("OMP_NUM_THREADS", "all"),
+        "guard_settings": args.guard,
         "off": off, "cold": cold, "warm": warm,
         "cold_vs_off_wall": round(cold["wall_seconds"] / off["wall_seconds"], 3),
         "warm_vs_off_wall": round(warm["wall_seconds"] / off["wall_seconds"], 3),

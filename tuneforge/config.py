@@ -140,9 +140,10 @@ class TrainConfig:
     # conversations answered by the base, and the model is held to the base's distributions on them.
     forgetting_guard: str = setting("kl", "keep the model like the base on general prompts: kl (distil the base's "
                                     "next-token distributions), replay (train on its answers) or off", NOT_REWARD, GUARD_WHY_NOT)
-    # 0.125 (one conversation per step of 8): on the demo as good as 0.25 (general questions 52.6% -> 52.6%,
-    # perplexity +0.7% vs +1.3%) for about half the guard's time (docs/benchmarks.md, issue 17).
-    forgetting_guard_ratio: float = setting(0.125, "guard conversations per training example, added to each step",
+    # 0.0625 (one conversation every other step of 8), by measurement on the demo: as good as 0.125 and 0.25
+    # (general questions 52.6% -> 53.3%, perplexity +1.1%) for 1.10x the unguarded training time warm, 1.29x
+    # with a cold cache; 0.125 took 1.49x / 1.74x (docs/benchmarks.md, issue 17).
+    forgetting_guard_ratio: float = setting(0.0625, "guard conversations per training example, added to each step",
                                             NOT_REWARD, GUARD_WHY_NOT)
     forgetting_guard_weight: float = setting(1.0, "weight of the guard's per-token loss against the task's", NOT_REWARD,
                                              GUARD_WHY_NOT)

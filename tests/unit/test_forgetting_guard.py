@@ -205,7 +205,8 @@ def test_every_method_carries_the_guard_and_starts_at_zero_kl(tmp_path, tiny_mod
     monkeypatch.setenv("TUNEFORGE_HOME", str(tmp_path / "home"))
     prompts = write_jsonl(tmp_path / "prompts.txt", [f"hello what is {c} please" for c in "abcdefghijklmnop"])
     settings = {"model": str(tiny_model_dir), "output": str(tmp_path / "out"), "max_steps": 4, "batch_size": 8,
-                "learning_rate": 1e-2, "dtype": "float32", "forgetting_guard_prompts": str(prompts)}
+                "learning_rate": 1e-2, "dtype": "float32", "forgetting_guard_prompts": str(prompts),
+                "forgetting_guard_ratio": 0.125}
     if method.startswith("sft"):
         from tuneforge.recipes.sft import train
 
