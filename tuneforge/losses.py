@@ -66,49 +66,64 @@ def as_output_head(head: OutputHead | torch.Tensor) -> OutputHead:
     return head if isinstance(head, OutputHead) else OutputHead(head)
 
 
+def _fused_head_pass(ctx, hidden, weight, bias, chunk_rows, scale, softcap, chunk_loss_and_grad):
+    """The forward of a fused head loss: for each chunk of rows, logits = head(rows), then
+    `chunk_loss_and_grad(start, rows, logits)` -> (the chunk's summed loss, d loss / d logits, in place of the
+    logits' buffer is fine); chained back through the head, the gradients for hidden, weight and bias are
+    accumulated in the same pass and saved for `_fused_head_backward`, so no logits outlive their chunk."""
+    head = OutputHead(weight.to(hidden.dtype), bias, scale, softcap)
+    accumulate = torch.promote_types(hidden.dtype, torch.float32)
+    want_weight_grad = weight.requires_grad
+    want_bias_grad = bias is not None and bias.requires_grad
+    grad_hidden = torch.empty_like(hidden)
+    grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) if want_weight_grad else None
+    grad_bias = torch.zeros(bias.shape, dtype=accumulate, device=bias.device) if want_bias_grad else None
+    total = torch.zeros((), dtype=accumulate, device=hidden.device)
+    for start in range(0, hidden.shape[0], chunk_rows):
+        rows = hidden[start : start + chunk_rows]
+        logits = head.logits(rows)
+        # d logits / d raw, read off the logits before the loss reuses their buffer (for a capped head, one
+        # more [chunk, V] buffer: lower chunk_rows if that is too much).
+        slope = head.slope(logits)
+        loss, grad_logits = chunk_loss_and_grad(start, rows, logits)
+        total += loss
+        grad_raw = (grad_logits if slope is None else grad_logits.mul_(slope)).to(hidden.dtype)
+        grad_hidden[start : start + chunk_rows] = grad_raw @ head.weight
+        if want_weight_grad:
+            grad_weight += (grad_raw.T @ rows).to(accumulate)
+        if want_bias_grad:
+            grad_bias += grad_raw.sum(dim=0).to(accumulate)
+    empty = torch.empty(0)
+    ctx.save_for_backward(grad_hidden, grad_weight if want_weight_grad else empty, grad_bias if want_bias_grad else empty)
+    ctx.want_weight_grad, ctx.want_bias_grad = want_weight_grad, want_bias_grad
+    ctx.weight_dtype = weight.dtype
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+    return total
+
+
+def _fused_head_backward(ctx, grad_output):
+    grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+    grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
+    grad_weight = (grad_weight * grad_output).to(ctx.weight_dtype) if ctx.want_weight_grad else None
+    grad_bias = (grad_bias * grad_output).to(ctx.bias_dtype) if ctx.want_bias_grad else None
+    return grad_hidden, grad_weight, grad_bias, None, None, None, None
+
+
 class _LinearCrossEntropySum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk_rows, scale, softcap):
-        head = OutputHead(weight.to(hidden.dtype), bias, scale, softcap)
-        accumulate = torch.promote_types(hidden.dtype, torch.float32)
-        want_weight_grad = weight.requires_grad
-        want_bias_grad = bias is not None and bias.requires_grad
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) if want_weight_grad else None
-        grad_bias = torch.zeros(bias.shape, dtype=accumulate, device=bias.device) if want_bias_grad else None
-        total = torch.zeros((), dtype=accumulate, device=hidden.device)
-        for start in range(0, hidden.shape[0], chunk_rows):
-            rows = hidden[start : start + chunk_rows]
-            target = targets[start : start + chunk_rows]
-            logits = head.logits(rows)
+        def chunk_loss_and_grad(start, rows, logits):
+            target = targets[start : start + rows.shape[0]]
             log_norm = torch.logsumexp(logits, dim=-1)
-            total += (log_norm - logits.gather(1, target[:, None]).squeeze(1)).sum()
-            # Chain rule back to the raw matmul output: d(sum CE)/d(logits) = softmax - one_hot(target), times
-            # d logits / d raw. The slope is read off the logits before their buffer is reused for the softmax
-            # (for a capped head, one more [chunk, V] buffer: lower chunk_rows if that is too much).
-            slope = head.slope(logits)
+            loss = (log_norm - logits.gather(1, target[:, None]).squeeze(1)).sum()
+            # d(sum CE)/d(logits) = softmax - one_hot(target)
             probs = logits.sub_(log_norm[:, None]).exp_()
             probs[torch.arange(rows.shape[0], device=rows.device), target] -= 1.0
-            grad_raw = (probs if slope is None else probs.mul_(slope)).to(hidden.dtype)
-            grad_hidden[start : start + chunk_rows] = grad_raw @ head.weight
-            if want_weight_grad:
-                grad_weight += (grad_raw.T @ rows).to(accumulate)
-            if want_bias_grad:
-                grad_bias += grad_raw.sum(dim=0).to(accumulate)
-        empty = torch.empty(0)
-        ctx.save_for_backward(grad_hidden, grad_weight if want_weight_grad else empty, grad_bias if want_bias_grad else empty)
-        ctx.want_weight_grad, ctx.want_bias_grad = want_weight_grad, want_bias_grad
-        ctx.weight_dtype = weight.dtype
-        ctx.bias_dtype = bias.dtype if bias is not None else None
-        return total
+            return loss, probs
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
-        grad_weight = (grad_weight * grad_output).to(ctx.weight_dtype) if ctx.want_weight_grad else None
-        grad_bias = (grad_bias * grad_output).to(ctx.bias_dtype) if ctx.want_bias_grad else None
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None
+        return _fused_head_pass(ctx, hidden, weight, bias, chunk_rows, scale, softcap, chunk_loss_and_grad)
+
+    backward = staticmethod(_fused_head_backward)
 
 
 def linear_cross_entropy_sum(hidden: torch.Tensor, head: OutputHead | torch.Tensor, targets: torch.Tensor,
@@ -131,38 +146,17 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, head: OutputHead | torch.Tens
 class _LinearKLSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, teacher_logprobs_of, chunk_rows, scale, softcap):
-        head = OutputHead(weight.to(hidden.dtype), bias, scale, softcap)
-        accumulate = torch.promote_types(hidden.dtype, torch.float32)
-        want_weight_grad = weight.requires_grad
-        want_bias_grad = bias is not None and bias.requires_grad
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) if want_weight_grad else None
-        grad_bias = torch.zeros(bias.shape, dtype=accumulate, device=bias.device) if want_bias_grad else None
-        total = torch.zeros((), dtype=accumulate, device=hidden.device)
-        for start in range(0, hidden.shape[0], chunk_rows):
-            rows = hidden[start : start + chunk_rows]
-            teacher_log = teacher_logprobs_of(start, start + rows.shape[0])  # [chunk, V] fp32, no grad
-            logits = head.logits(rows)
-            slope = head.slope(logits)
+        def chunk_loss_and_grad(start, rows, logits):
+            teacher_log = teacher_logprobs_of(start, start + rows.shape[0])  # [chunk, V], no grad
             student_log = logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))
             teacher_probs = teacher_log.exp()
-            total += (teacher_probs * (teacher_log - student_log)).sum()
+            loss = (teacher_probs * (teacher_log - student_log)).sum()
             # d KL / d student logits = softmax(student) - p_teacher (the soft-target form of softmax - one_hot).
-            grad_logits = student_log.exp_().sub_(teacher_probs)
-            grad_raw = (grad_logits if slope is None else grad_logits.mul_(slope)).to(hidden.dtype)
-            grad_hidden[start : start + chunk_rows] = grad_raw @ head.weight
-            if want_weight_grad:
-                grad_weight += (grad_raw.T @ rows).to(accumulate)
-            if want_bias_grad:
-                grad_bias += grad_raw.sum(dim=0).to(accumulate)
-        empty = torch.empty(0)
-        ctx.save_for_backward(grad_hidden, grad_weight if want_weight_grad else empty, grad_bias if want_bias_grad else empty)
-        ctx.want_weight_grad, ctx.want_bias_grad = want_weight_grad, want_bias_grad
-        ctx.weight_dtype = weight.dtype
-        ctx.bias_dtype = bias.dtype if bias is not None else None
-        return total
+            return loss, student_log.exp_().sub_(teacher_probs)
 
-    backward = staticmethod(_LinearCrossEntropySum.backward)
+        return _fused_head_pass(ctx, hidden, weight, bias, chunk_rows, scale, softcap, chunk_loss_and_grad)
+
+    backward = staticmethod(_fused_head_backward)
 
 
 def linear_kl_sum(hidden: torch.Tensor, head: OutputHead | torch.Tensor, teacher_hidden: torch.Tensor,
