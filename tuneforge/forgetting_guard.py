@@ -31,6 +31,7 @@ import math
 import os
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,19 +125,10 @@ def base_answers(model, tokenizer, prompts: list[str], dtype: torch.dtype) -> tu
     return [cached[prompt] for prompt in prompts], info
 
 
-class base_of:  # noqa: N801 - used as a context manager, like torch.no_grad
-    """Inside: a LoRA model runs as its base (adapter off); a model without adapter is the base already."""
-
-    def __init__(self, model):
-        self.context = model.disable_adapter() if hasattr(model, "disable_adapter") else None
-
-    def __enter__(self):
-        if self.context is not None:
-            self.context.__enter__()
-
-    def __exit__(self, *exc):
-        if self.context is not None:
-            self.context.__exit__(*exc)
+def base_of(model):
+    """A context inside which the model runs as its base: a LoRA model with its adapter off; a model without an
+    adapter is the base already."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
 
 
 def guard_example(tokenizer, prompt: str, answer: str, max_length: int, every_position: bool) -> TokenizedExample:
@@ -248,8 +240,8 @@ def backward_guard_step(guard: Guard, model, step_number: int, pad_id: int, devi
                         micro_tokens: int, max_rows: int) -> float | None:
     """One process: forward and backward over one optimizer step's guard conversations (their gradient joins
     the task's before the recipe's optimizer step). Returns the guard's per-token loss for the log, None for
-    a step that carries no guard conversation. (SFT runs
-    its guard passes in its own loop, interleaved with DDP's gradient sync.)"""
+    a step that carries no guard conversation. SFT runs its guard passes in its own loop instead, where they
+    must share DDP's gradient sync with the task's passes."""
     started = time.perf_counter()
     _, passes = guard.passes_for_step(step_number, distributed.World(), micro_tokens, max_rows)
     if not passes:
