@@ -51,6 +51,21 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model("llama", tmp_path_factory.mktemp("tiny-llama"))
 
 
+def base_and_perturbed(model_dir: Path, scale: float, generator=None):
+    """(base, the same model with every weight moved by scale x N(0, 1) noise, tokenizer), both fp32: the
+    forgetting tests check arithmetic, and load_model's bf16 (where the CPU runs it fast) rounds logits."""
+    import torch
+
+    from tuneforge.models import load_model
+
+    base, tokenizer = load_model(str(model_dir), dtype=torch.float32)
+    other, _ = load_model(str(model_dir), dtype=torch.float32)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.add_(scale * torch.randn_like(parameter, generator=generator))
+    return base, other, tokenizer
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     with path.open("w") as handle:
         for row in rows:

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from tests.conftest import base_and_perturbed
 from tuneforge.evaluate.forgetting import (
     AdapterDisabled,
     general_corpus,
@@ -73,15 +74,7 @@ def test_token_windows_are_evenly_spaced_and_full(tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def tiny_models(tiny_model_dir):
-    from tuneforge.models import load_model
-
-    # fp32: these tests check the arithmetic; load_model's bf16 (where the CPU runs it fast) rounds logits.
-    base, tokenizer = load_model(str(tiny_model_dir), dtype=torch.float32)
-    other, _ = load_model(str(tiny_model_dir), dtype=torch.float32)
-    with torch.no_grad():
-        for parameter in other.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return base, other, tokenizer
+    return base_and_perturbed(tiny_model_dir, 0.05)
 
 
 def test_identical_models_show_no_drift(tiny_models):

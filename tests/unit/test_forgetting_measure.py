@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 import torch
 
-from tests.conftest import write_jsonl
+from tests.conftest import base_and_perturbed, write_jsonl
 from tuneforge.evaluate.forgetting import (
     answers_correctly,
     forgetting_gate,
@@ -185,14 +185,7 @@ def test_a_drop_gate_without_checkable_questions_is_an_error():
 
 @pytest.fixture(scope="module")
 def tiny_pair(tiny_model_dir):
-    from tuneforge.models import load_model
-
-    base, tokenizer = load_model(str(tiny_model_dir), dtype=torch.float32)
-    other, _ = load_model(str(tiny_model_dir), dtype=torch.float32)
-    with torch.no_grad():
-        for parameter in other.parameters():
-            parameter.add_(0.5 * torch.randn_like(parameter, generator=torch.Generator().manual_seed(3)))
-    return base, other, tokenizer
+    return base_and_perturbed(tiny_model_dir, 0.5, generator=torch.Generator().manual_seed(3))
 
 
 def test_max_general_drop_flips_passed(tiny_pair):
