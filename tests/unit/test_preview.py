@@ -48,3 +48,18 @@ def test_preview_reads_other_containers_and_names_rows(tmp_path, tiny_tokenizer)
     (first, second) = preview_examples(write_container(tmp_path / "d.parquet", sharegpt, "parquet"), tiny_tokenizer, n=2)
     assert (first.title, second.title) == ("row 0", "row 1")
     assert "⟦b<|im_end|>⟧" in format_text(first, color=False)
+
+
+def test_preview_json_lists_every_token_and_whether_it_is_trained(tmp_path, tiny_model_dir, tiny_tokenizer, capsys):
+    import json
+
+    path = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    assert main(["preview", str(path), "--n", "2", "--model", str(tiny_model_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)  # exactly one JSON object, no text report beside it
+    first, second = report["examples"]
+    assert (first["line"], first["row"], first["title"]) == (1, None, "line 1")
+    expected = preview_examples(path, tiny_tokenizer, n=2)[0]
+    assert [(t["text"], t["id"], t["trained"]) for t in first["tokens"]] == expected.pieces
+    assert "".join(t["text"] for t in first["tokens"] if t["trained"]) == "b<|im_end|>"
+    assert first["n_trained"] == 2 and first["n_tokens"] == len(first["tokens"])
+    assert "".join(t["text"] for t in second["tokens"] if t["trained"]) == "yes<|im_end|>"  # weight-0 turn untrained

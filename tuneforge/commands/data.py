@@ -2,7 +2,7 @@
 
     tuneforge validate train.jsonl --model smollm2-135m-instruct        # exit 0 ok, 1 findings, 2 usage
     tuneforge validate data.parquet --estimate                          # also measure time and memory on the model
-    tuneforge preview train.jsonl --n 3 --html preview.html
+    tuneforge preview train.jsonl --n 3 --html preview.html                # --json: tokens and which are trained
     tuneforge split data.jsonl --validation-fraction 0.1 --seed 42 --train-out train.jsonl --validation-out valid.jsonl
     tuneforge dedup data.jsonl --output clean.jsonl --near
     tuneforge convert sharegpt.json train.jsonl                          # any format and container -> OpenAI JSONL
@@ -57,6 +57,8 @@ def add_preview_command(subparsers) -> None:
     p.add_argument("--boundaries", action="store_true", help="mark token boundaries with | when not coloured")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                    help="colour the trained tokens (default auto: when writing to a terminal)")
+    p.add_argument("--json", action="store_true",
+                   help="print exactly one JSON object on stdout: each example's tokens and whether each is trained")
     p.set_defaults(func=run_preview)
 
 
@@ -212,7 +214,7 @@ def _duration(seconds: float) -> str:
 
 def run_preview(args) -> int:
     from tuneforge.data.outputs import refuse_same, replacing
-    from tuneforge.data.preview import format_html, format_text, preview_examples
+    from tuneforge.data.preview import format_html, format_text, preview_dict, preview_examples
     from tuneforge.data.readers import open_rows
     from tuneforge.models import DEFAULT_MODEL, load_tokenizer, resolve_model
 
@@ -224,7 +226,9 @@ def run_preview(args) -> int:
     tokenizer = load_tokenizer(resolve_model(args.model).path, args.chat_template)
     examples = preview_examples(data, tokenizer, args.n, "dpo" if args.method in ("dpo", "reward") else "sft")
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
-    for example in examples:
+    if args.json:
+        print(json.dumps(preview_dict(examples, args.model or DEFAULT_MODEL, args.method)))
+    for example in examples if not args.json else ():
         print(format_text(example, color=color, show_boundaries=args.boundaries))
         print()
     if args.html:

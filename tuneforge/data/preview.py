@@ -1,7 +1,8 @@
-"""See examples exactly as the model will:  tuneforge preview train.jsonl --n 3 [--model M] [--html out.html]
+"""See examples exactly as the model will:  tuneforge preview train.jsonl --n 3 [--model M] [--html out.html] [--json]
 
 Each example is rendered with the model's chat template and split into its real tokens; trained tokens
-(those that carry loss) are highlighted: green in a terminal, ⟦…⟧ when piped, green in the HTML page.
+(those that carry loss) are highlighted: green in a terminal, ⟦…⟧ when piped, green in the HTML page,
+`"trained": true` in the JSON the service's dashboard draws.
 A wrong template or mask (a trained prompt, an untrained end-of-turn token) is visible at a glance.
 """
 
@@ -56,6 +57,25 @@ def preview_examples(path, tokenizer, n: int = 3, method: str = "sft") -> list[P
                       for token, label in zip(example.input_ids, example.labels, strict=True)]
             out.append(PreviewExample(line, title, pieces))
     return out
+
+
+def preview_dict(examples: list[PreviewExample], model: str, method: str) -> dict:
+    """The JSON of `preview --json`: per example its position, counts and every token with whether it is trained."""
+    return {
+        "model": model,
+        "method": method,
+        "examples": [
+            {
+                "line": example.line.line if isinstance(example.line, Row) else example.line,
+                "row": example.line.index if isinstance(example.line, Row) else None,
+                "title": example.title,
+                "n_tokens": example.n_tokens,
+                "n_trained": example.n_trained,
+                "tokens": [{"text": text, "id": token, "trained": trained} for text, token, trained in example.pieces],
+            }
+            for example in examples
+        ],
+    }
 
 
 def _visible(text: str) -> str:
