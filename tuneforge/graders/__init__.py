@@ -12,6 +12,8 @@ web service imports this package, and it never imports torch (a score_model grad
 `generate(model, messages, sampling_params)` for the model's answer).
 """
 
+from tuneforge.graders.run import run_grader
+from tuneforge.graders.sandbox import SandboxUnavailable
 from tuneforge.graders.spec import GraderError, validate_grader
 
-__all__ = ["GraderError", "validate_grader"]
+__all__ = ["GraderError", "SandboxUnavailable", "run_grader", "validate_grader"]
