@@ -1,7 +1,7 @@
 """A multi grader's `calculate_output`: arithmetic over sub-grader scores, parsed with `ast`, never eval().
 
-Allowed: numbers, the sub-graders' names, + - * / and ** (OpenAI writes power as ^, which is accepted as
-well), unary minus, parentheses and min max abs floor ceil exp sqrt log. Anything else (attributes,
+Allowed: numbers, the sub-graders' names, + - * / and ** (OpenAI writes power as ^, read as **), unary
+minus, parentheses and min max abs floor ceil exp sqrt log. Anything else (attributes,
 subscripts, calls of other names, keyword arguments, strings) is refused when the grader is validated.
 """
 
@@ -22,7 +22,7 @@ FUNCTIONS = {
     "log": math.log,
 }
 BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-          ast.Pow: operator.pow, ast.BitXor: operator.pow}
+          ast.Pow: operator.pow}
 UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 ARITY = {"min": (2, 16), "max": (2, 16), "abs": (1, 1), "floor": (1, 1), "ceil": (1, 1), "exp": (1, 1),
          "sqrt": (1, 1), "log": (1, 2)}
@@ -41,7 +41,8 @@ def parse_formula(text: str, names: set[str]) -> ast.Expression:
     if len(text) > MAX_LENGTH:
         raise FormulaError(f"is longer than {MAX_LENGTH} characters")
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        # OpenAI writes power as ^; read as ** it also binds tighter than * and +, as a power should.
+        tree = ast.parse(text.strip().replace("^", "**"), mode="eval")
     except SyntaxError as exc:
         raise FormulaError(f"is not a valid formula ({exc.msg})") from None
     for node in ast.walk(tree):
@@ -98,7 +99,7 @@ def _value(node: ast.AST, scores: dict[str, float]) -> float:
         return UNARY[type(node.op)](_value(node.operand, scores))
     if isinstance(node, ast.BinOp):
         left, right = _value(node.left, scores), _value(node.right, scores)
-        if type(node.op) in (ast.Pow, ast.BitXor) and abs(right) > MAX_EXPONENT:
+        if isinstance(node.op, ast.Pow) and abs(right) > MAX_EXPONENT:
             raise ValueError(f"exponent {right:g} is larger than {MAX_EXPONENT:g}")
         result = BINARY[type(node.op)](left, right)
         if isinstance(result, complex):
