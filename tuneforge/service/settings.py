@@ -61,6 +61,8 @@ class Settings:
     # Runs of one job (a worker dying mid-job uses one up) before it fails with max_attempts_exceeded.
     max_attempts: int = 3
     adapter_cache_size: int = 3
+    # Python graders run submitted code (sandboxed: tuneforge/graders/sandbox.py); off unless the operator says so.
+    python_graders: bool = False
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -78,6 +80,7 @@ class Settings:
         )
         if os.environ.get("TUNEFORGE_BASE_MODELS"):
             settings.base_models = tuple(m.strip() for m in os.environ["TUNEFORGE_BASE_MODELS"].split(",") if m.strip())
+        settings.python_graders = os.environ.get("TUNEFORGE_PYTHON_GRADERS", "0").lower() in ("1", "true", "yes")
         for key, value in overrides.items():
             if value is not None:
                 setattr(settings, key, value)
@@ -125,4 +128,5 @@ class Settings:
             env["TUNEFORGE_MAX_STEPS"] = str(self.max_steps)
         env["TUNEFORGE_SAVE_EVERY"] = str(self.save_every)
         env["TUNEFORGE_MAX_ATTEMPTS"] = str(self.max_attempts)
+        env["TUNEFORGE_PYTHON_GRADERS"] = "1" if self.python_graders else "0"
         return env
