@@ -14,7 +14,7 @@ from tuneforge import __version__
 from tuneforge.service.errors import envelope, install_error_handlers
 from tuneforge.service.file_storage import FileTooLarge
 from tuneforge.service.inference_client import InferenceClient
-from tuneforge.service.routes import chat, dashboard, files, graders, jobs
+from tuneforge.service.routes import chat, dashboard, files, graders, jobs, tools
 from tuneforge.service.settings import Settings
 from tuneforge.service.store import make_engine, make_sessionmaker
 
@@ -56,4 +56,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(UploadSizeLimit, max_bytes=settings.max_upload_bytes)
     for module in (files, jobs, chat, dashboard, graders):
         app.include_router(module.router)
+    app.include_router(tools.router)  # /v1/tuneforge/...: the dashboard's validate, preview, adapter, export
     return app
