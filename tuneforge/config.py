@@ -125,6 +125,8 @@ class TrainConfig:
     reward: str | None = setting(None, "reward function: exact_match, json_format, json_fields or module:function",
                                  ("grpo",))
     reward_model: str | None = setting(None, "reward model: a directory written by --method reward", ("grpo",))
+    grader: str | None = setting(None, "grader: a JSON file holding an OpenAI grader object (string_check, "
+                                 "text_similarity, score_model, label_model, python or multi)", ("grpo",))
     group_size: int = setting(4, "completions sampled per prompt; advantages compare them within the group",
                               ("grpo",))
     max_new_tokens: int = setting(64, "longest sampled completion, in tokens", ("grpo",))
@@ -347,8 +349,9 @@ def _check_ranges(config: TrainConfig) -> list[Problem]:
     require(config.kl_beta >= 0 and config.clip_epsilon > 0, ("kl_beta", "clip_epsilon"),
             "kl_beta must be >= 0 and clip_epsilon > 0")
     require(config.policy_updates >= 1, "policy_updates", "policy_updates: must be >= 1")
-    require(config.method != "grpo" or bool(config.reward) != bool(config.reward_model), ("reward", "reward_model"),
-            "grpo needs exactly one of --reward (function) or --reward-model (directory)")
+    require(config.method != "grpo" or [bool(config.reward), bool(config.reward_model), bool(config.grader)].count(True) == 1,
+            ("reward", "reward_model", "grader"),
+            "grpo needs exactly one of --reward (function), --reward-model (directory) or --grader (JSON file)")
     require(config.replay_ratio >= 0, "replay_ratio", "replay_ratio: must be >= 0")
     require(config.replay_ratio == 0 or bool(config.replay), ("replay_ratio", "replay"),
             "replay_ratio: needs --replay FILE (or builtin:pydoc)")

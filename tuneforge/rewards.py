@@ -1,7 +1,9 @@
-"""Reward functions for `tuneforge train --method grpo --reward NAME|module:function`.
+"""Reward functions for `tuneforge train --method grpo --reward NAME|module:function`, and OpenAI graders (`--grader FILE`).
 
 A reward function is `fn(prompt_messages, completion_text, reference) -> float`; `reference` is the
 prompt row's final assistant turn (or None). Pure functions, no model: cheap enough to call per sample.
+A grader (tuneforge.graders) also reads the prompt's whole row as its `item`; a score_model grader's
+model is loaded here, once, beside the policy.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 from tuneforge.errors import UserError
 from tuneforge.evaluate.metrics import normalise_answer
@@ -61,3 +64,56 @@ def resolve_reward(spec: str) -> RewardFunction:
     if not callable(function):
         raise UserError(f"reward '{spec}' is not a function")
     return function
+
+
+def load_grader(path: str) -> dict:
+    """The validated grader object in a JSON file (`grader=FILE`). Python graders are allowed: whoever runs
+    `tuneforge train` is the operator (the service checks its own setting before it writes the file)."""
+    from tuneforge.graders import GraderError, validate_grader
+
+    try:
+        spec = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise UserError(f"cannot read the grader file ({exc.strerror})", path=str(path), code="bad_grader") from None
+    except ValueError as exc:
+        raise UserError(f"the grader file is not JSON ({exc})", path=str(path), code="bad_grader") from None
+    try:
+        return validate_grader(spec, python_enabled=True)
+    except GraderError as exc:
+        raise UserError(f"{exc.param}: {exc.message}", path=str(path), code="bad_grader") from None
+
+
+class LocalGraderModels:
+    """generate(model, messages, sampling_params) for score_model / label_model graders in training: each
+    model named by a grader is loaded once (tuneforge.models) and answers greedily unless told otherwise."""
+
+    def __init__(self, device: str | None = None):
+        self.device = device
+        self.loaded: dict[str, tuple] = {}
+
+    def __call__(self, model: str, messages: list[dict], sampling_params: dict) -> dict:
+        from tuneforge.generation import generate_chat
+        from tuneforge.models import load_model
+
+        if model not in self.loaded:
+            self.loaded[model] = load_model(model, device=self.device)
+        network, tokenizer = self.loaded[model]
+        return generate_chat(
+            network, tokenizer, [messages],
+            max_new_tokens=sampling_params.get("max_completions_tokens") or 256,
+            temperature=sampling_params.get("temperature") or 0.0,
+            top_p=sampling_params.get("top_p") or 1.0,
+            seed=sampling_params.get("seed"),
+        )[0]  # fmt: skip
+
+
+def grader_reward(spec: dict, generate=None) -> Callable:
+    """fn(prompt_messages, completion, reference, item) -> the grader's reward for one completion."""
+    from tuneforge.graders import run_grader
+
+    generate = generate or LocalGraderModels()
+
+    def reward(prompt_messages: list[dict], completion: str, reference: str | None, item: dict) -> float:
+        return run_grader(spec, completion, item, generate=generate, python_enabled=True)["reward"]
+
+    return reward

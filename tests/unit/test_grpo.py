@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import write_jsonl
 from tuneforge.config import build_config
+from tuneforge.errors import UserError
 from tuneforge.recipes.grpo import train
 from tuneforge.rewards import exact_match, json_fields, json_format, resolve_reward
 
@@ -146,3 +147,47 @@ def test_exact_match_reward_after_a_short_sft_raises_the_held_out_reward(tmp_pat
     assert sum(sampled[-3:]) / 3 > sum(sampled[:3]) / 3 + 0.2
     assert summary["initial_valid_reward"] <= 0.5 and summary["final_valid_reward"] == 1.0
     assert (tmp_path / "grpo" / "grpo.png").is_file()
+
+
+def test_grpo_with_a_string_check_grader_file_reads_the_row_as_item(tmp_path, peaked_model_dir):
+    """OpenAI reinforcement rows: messages ending in a user turn plus grading fields beside them. The grader
+    rewards a completion containing the row's own `must_contain` letter, reachable only through `item`."""
+    rows = [{"messages": [{"role": "user", "content": f"say {c}"}], "must_contain": "e", "row_id": i}
+            for i, c in enumerate("abcdefghijklmnopqrst")]
+    data = write_jsonl(tmp_path / "prompts.jsonl", rows)
+    grader = {"type": "string_check", "name": "has_letter", "input": "{{ sample.output_text }}",
+              "reference": "{{ item.must_contain }}", "operation": "ilike"}
+    grader_file = tmp_path / "grader.json"
+    grader_file.write_text(json.dumps(grader))
+    out = tmp_path / "grpo"
+    config = build_config({"data": str(data), "model": str(peaked_model_dir), "output": str(out), "method": "grpo",
+                           "grader": str(grader_file), "max_steps": 12, "batch_size": 4, "group_size": 8,
+                           "max_new_tokens": 6, "learning_rate": 5e-2, "lr_schedule": "constant"})
+    summary = train(config)
+    assert summary["reward"] == f"grader {grader_file}"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rewards = [r["reward"] for r in records if r["type"] == "train"]
+    assert all(0.0 <= r <= 1.0 for r in rewards)
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.1, rewards
+
+
+def test_rl_prompts_keep_the_whole_row_as_item(tmp_path):
+    from tuneforge.data.preference import load_rl_prompts
+
+    row = {"messages": [{"role": "user", "content": "2+2?"}], "reference_answer": "4", "meta": {"level": 1}}
+    prompts = load_rl_prompts(write_jsonl(tmp_path / "p.jsonl", [row]))
+    assert prompts[0].item == row and prompts[0].messages == row["messages"] and prompts[0].reference is None
+
+
+def test_a_bad_grader_file_is_refused_before_the_model_loads(tmp_path):
+    data = write_jsonl(tmp_path / "p.jsonl", [{"messages": [{"role": "user", "content": "x"}]}] * 4)
+    grader_file = tmp_path / "grader.json"
+    grader_file.write_text(json.dumps({"type": "multi", "name": "m", "calculate_output": "a.b",
+                                       "graders": {"a": {"type": "string_check", "name": "a", "input": "x",
+                                                         "reference": "y", "operation": "eq"}}}))
+    config = build_config({"data": str(data), "model": "no-such-model-anywhere", "method": "grpo",
+                           "grader": str(grader_file), "output": str(tmp_path / "out")})
+    with pytest.raises(UserError, match="grader.calculate_output"):
+        train(config)
+    with pytest.raises(UserError, match="exactly one of --reward"):
+        build_config({"data": str(data), "method": "grpo", "grader": str(grader_file), "reward": "exact_match"})

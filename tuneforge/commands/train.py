@@ -40,6 +40,7 @@ TRAIN_FLAGS = {
     "max_general_drop": "max_general_drop",
     "reward": "reward",
     "reward_model": "reward_model",
+    "grader": "grader",
     # The same spellings as validate / preview / convert take them.
     "chat_template": "chat_template",
     "columns": "columns",

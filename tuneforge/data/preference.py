@@ -7,12 +7,14 @@ stopping. Earlier assistant turns in the prompt are context only (weight 0).
 
 GRPO prompt rows are conversations in any chat format (formats.CHAT_FORMATS, any container) whose last
 message is a user message; an optional final assistant turn is the reference answer, given only to the
-reward function.
+reward function. The whole row is kept as the prompt's `item`: OpenAI's reinforcement rows carry their
+grading context beside the messages (`{"messages": [...], "reference_answer": ...}`), which a grader reads
+as `{{ item.reference_answer }}`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tuneforge.data.formats import CHAT_FORMATS, PreferencePair, detect_format, row_to_messages
 from tuneforge.data.readers import Row, read_rows
@@ -60,6 +62,7 @@ class RLPrompt:
     reference: str | None = None
     tools: list | None = None
     line: int | Row = 0
+    item: dict = field(default_factory=dict)  # the row as read: a grader's `item` namespace
 
 
 def load_rl_prompts(path: str) -> list[RLPrompt]:
@@ -78,7 +81,7 @@ def load_rl_prompts(path: str) -> list[RLPrompt]:
         if not messages or messages[-1]["role"] != "user":
             raise UserError("the prompt must end with a user message (optionally followed by one reference "
                             "assistant message)", code="bad_prompt_row", **where)
-        prompts.append(RLPrompt(messages, reference, tools, line))
+        prompts.append(RLPrompt(messages, reference, tools, line, item=row))
     if not prompts:
         raise UserError("no examples in file", path=str(path), code="empty_file")
     return prompts

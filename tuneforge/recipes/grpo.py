@@ -1,10 +1,11 @@
-"""Reward-driven RL (GRPO):  tuneforge train --method grpo --data prompts.jsonl --reward exact_match [--reward-model DIR]
+"""Reward-driven RL (GRPO):  tuneforge train --method grpo --data prompts.jsonl --reward exact_match | --reward-model DIR | --grader FILE
 
 Each step, top to bottom:
   1. sample `group_size` completions for each of `batch_size` prompts (batched, KV cache, temperature,
      at most `max_new_tokens` tokens);
   2. score them: a reward function fn(prompt_messages, completion, reference) -> float (tuneforge.rewards
-     or module:function), or a reward model trained with --method reward;
+     or module:function), a reward model trained with --method reward, or an OpenAI grader object
+     (--grader FILE; tuneforge.graders, reading the prompt's row as `item`);
   3. group-normalised advantages (r - group mean) / group std: no value network;
   4. per-token log-probs of the completions under the policy (with grad), the sampling policy (`old`,
      fixed for the `policy_updates` optimizer steps on this batch) and the reference policy;
@@ -45,18 +46,27 @@ REFERENCE_ADAPTER = "reference"
 
 
 def make_scorer(config: TrainConfig, reward_fn=None):
-    """A batched scorer (prompts, completions, references) -> list[float] from whichever reward is configured."""
+    """A batched scorer (prompt rows, completions) -> list[float] from whichever reward is configured."""
     if reward_fn is None and config.reward_model:
         from tuneforge.reward_model import load_reward_model
 
-        return load_reward_model(config.reward_model).batch
+        model = load_reward_model(config.reward_model)
+        return lambda rows, completions: model.batch([r.messages for r in rows], completions,
+                                                     [r.reference for r in rows])
+    if reward_fn is None and config.grader:
+        from tuneforge.rewards import grader_reward, load_grader
+
+        graded = grader_reward(load_grader(config.grader))
+        return lambda rows, completions: [
+            float(graded(r.messages, c, r.reference, r.item)) for r, c in zip(rows, completions, strict=True)
+        ]
     if reward_fn is None:
         from tuneforge.rewards import resolve_reward
 
         reward_fn = resolve_reward(config.reward)
 
-    def score(prompts, completions, references):
-        return [float(reward_fn(p, c, r)) for p, c, r in zip(prompts, completions, references, strict=True)]
+    def score(rows: list[RLPrompt], completions: list[str]) -> list[float]:
+        return [float(reward_fn(r.messages, c, r.reference)) for r, c in zip(rows, completions, strict=True)]
 
     return score
 
@@ -107,7 +117,7 @@ def held_out_reward(model, tokenizer, prompts: list[RLPrompt], prompt_ids, score
         )
         texts.extend(tokenizer.decode(o, skip_special_tokens=True) for o in outputs)
     model.train(was_training)
-    rewards = score([p.messages for p in prompts], texts, [p.reference for p in prompts])
+    rewards = score(prompts, texts)
     return sum(rewards) / len(rewards)
 
 
@@ -138,7 +148,7 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
 
     _, total_steps, _ = step_plan(len(prompts), config.batch_size, config.epochs, config.max_steps, config.warmup_ratio)
     guard = build_guard(config, model, tokenizer, dtype, total_steps)  # the base answers general prompts
-    reward_name = config.reward or config.reward_model or "callable"
+    reward_name = config.reward or config.reward_model or (f"grader {config.grader}" if config.grader else "callable")
     describe = f"grpo {'full' if config.full else f'LoRA r={config.lora_r}'}, reward {reward_name}"
     if guard:
         describe += f" + forgetting guard ({guard.method}, {guard.per_step:g}/step)"
@@ -159,7 +169,7 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
             )  # fmt: skip
             texts = [tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
             rewards = torch.tensor(
-                score([prompts[i].messages for i in group], texts, [prompts[i].reference for i in group]),
+                score([prompts[i] for i in group], texts),
                 dtype=torch.float32,
             )
             # 3. Advantages within each prompt's group.
