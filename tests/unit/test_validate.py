@@ -453,3 +453,15 @@ def test_small_validation_file_passes_with_min_examples_1(tmp_path, tiny_model_d
     assert code == 1 and [e["code"] for e in json.loads(out)["errors"]] == ["too_few_examples"]
     code, out, _ = run_cli(capsys, small, "--model", tiny_model_dir, "--json", "--no-estimate", "--min-examples", "1")
     assert code == 0 and json.loads(out)["ok"] is True
+
+
+def test_grpo_accepts_openai_reinforcement_rows_and_names_a_prompt_that_does_not_end_with_the_user(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": f"What is {n} + {n}?"}], "reference_answer": str(2 * n),
+             "meta": {"n": n}} for n in range(12)]
+    rows.append({"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi there"},
+                              {"role": "assistant", "content": "again"}]})
+    report = validate_file(write_jsonl(tmp_path / "rl.jsonl", rows), "grpo").to_dict()
+    assert report["method"] == "grpo"
+    assert [(e["line"], e["code"]) for e in report["errors"]] == [(13, "bad_prompt_row")]
+    report = validate_file(write_jsonl(tmp_path / "ok.jsonl", rows[:-1]), "grpo").to_dict()
+    assert report["ok"] and not report["errors"]

@@ -22,7 +22,9 @@ def add_validate_command(subparsers) -> None:
                    "(owner/name[:split]) in the local datasets cache, read offline")
     p.add_argument("--model", help="render with this model's tokenizer (default smollm2-135m-instruct)")
     p.add_argument("--chat-template", help="a built-in template name or a Jinja file, as train's chat_template=")
-    p.add_argument("--method", default="sft", choices=("sft", "dpo", "reward"), help="sft (default); dpo and reward take preference rows")
+    p.add_argument("--method", default="sft", choices=("sft", "dpo", "reward", "grpo"),
+                   help="sft (default); dpo and reward take preference rows; grpo takes prompts (OpenAI "
+                   "reinforcement rows)")
     p.add_argument("--max-length", type=int, default=2048, help="tokens per example in training (default 2048)")
     p.add_argument("--validation-file", "--validation-data", dest="validation_file",
                    help="also check this validation file, and its overlap with FILE (--validation-data as in train)")

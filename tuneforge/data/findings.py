@@ -26,6 +26,8 @@ CODES: dict[str, tuple[str, str, str]] = {
                        "onto one: --columns prompt:question,completion:answer (train: columns=...)"),
     "missing_field": ("error", "a field the row's format needs is missing", "add it (docs/data.md lists each format's fields)"),
     "wrong_method": ("error", "a preference row in an SFT file", "train it with --method dpo, or convert it to messages"),
+    "bad_prompt_row": ("error", "a grpo prompt row is not a conversation ending in a user message",
+                       "end 'messages' with the user's turn (one reference assistant answer may follow)"),
     "missing_messages": ("error", "'messages' is missing, not a list, or empty", "give a non-empty list of messages"),
     "bad_message": ("error", "a message is not an object", "each message is {\"role\": ..., \"content\": ...}"),
     "bad_role": ("error", "a role other than system, user, assistant, tool", "fix the role name"),

@@ -14,12 +14,14 @@ from typing import Any
 
 from tuneforge.data.findings import SHORT_ANSWER_CHARS
 from tuneforge.data.formats import (
+    CHAT_FORMATS,
     PREFERENCE_FORMATS,
     ROLES,
     content_text,
     detect_format,
     message_places,
     native_row,
+    row_to_messages,
     split_pair_row,
 )
 from tuneforge.data.tokenize import IGNORE_INDEX, tokenize_conversation_examples
@@ -109,10 +111,12 @@ def _check_answer(value: Any, key: str) -> list[tuple[str, str]]:
 
 
 def check_row(row: Any, method: str = "sft") -> list[tuple[str, str]]:
-    """Every structural problem of one parsed row for `method` ("sft" or "dpo"), in any format of `FORMATS`."""
+    """Every structural problem of one parsed row for `method` ("sft", "dpo" or "grpo"), in any format of `FORMATS`."""
     if not isinstance(row, dict):
         return [("not_object", f"expected a JSON object, got {type(row).__name__}")]
     kind = detect_format(row)
+    if method == "grpo":
+        return _check_prompt_row(row, kind)
     if method == "dpo" and kind not in PREFERENCE_FORMATS:
         return [("bad_dpo_row", "not a preference row: expected OpenAI DPO ('input', 'preferred_output', "
                  "'non_preferred_output'), 'prompt'/'chosen'/'rejected', or ShareGPT or Alpaca rows with "
@@ -139,6 +143,32 @@ def check_row(row: Any, method: str = "sft") -> list[tuple[str, str]]:
     problems = check_messages(row["messages"], places=places)
     if row.get("tools") is not None:
         problems += _check_tools(row["tools"])
+    return problems
+
+
+def _check_prompt_row(row: dict, kind: str | None) -> list[tuple[str, str]]:
+    """A GRPO / reinforcement prompt: a conversation ending in a user message, optionally followed by one
+    reference answer; any other fields (OpenAI's reference_answer, ...) are the grader's and pass as they are."""
+    if kind not in CHAT_FORMATS:
+        return [("bad_prompt_row", "expected a conversation ('messages' ending in a user message); grading "
+                 "fields such as 'reference_answer' go beside 'messages'")]
+    try:
+        native, kind, places = native_row(row, kind, {"path": None, "line": None})
+        if "messages" in native:
+            messages = native["messages"]
+            problems = check_messages(messages, places=places, need_trained_turn=False)
+        else:  # prompt/completion: the completion is the reference answer
+            messages, problems = row_to_messages(row)[0], []
+    except UserError as exc:
+        return [(exc.code, exc.bare_message)]
+    roles = [m.get("role") for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
+    if roles and roles[-1] == "assistant":
+        roles = roles[:-1]  # the reference answer
+    if roles and roles[-1] != "user":
+        problems.append(("bad_prompt_row", "the prompt must end with a user message (optionally followed by one "
+                         "reference assistant message)"))
+    if native.get("tools") is not None:
+        problems += _check_tools(native["tools"])
     return problems
 
 

@@ -146,7 +146,7 @@ def validate_file(path, method: str = "sft", tokenizer=None, max_length: int = 2
     """Read `path` (and `validation_file`) through every check; raises only for a missing file or folder."""
     source = open_rows(path)
     valid_source = open_rows(validation_file) if validation_file is not None else None
-    method = "dpo" if method in ("dpo", "reward") else "sft"
+    method = {"dpo": "dpo", "reward": "dpo", "grpo": "grpo"}.get(method, "sft")
     report = ValidationReport(str(path), method, max_length=max_length, tokenized=tokenizer is not None,
                               container=source.container)
     eot_ids = end_of_turn_ids(tokenizer, model_config) if tokenizer is not None else set()
@@ -191,8 +191,8 @@ def _check_one(report, line, row, method, tokenizer, eot_ids, max_length, answer
     problems = check_row(row, method)
     for code, message in problems:
         report.add(line, code, message, file)
-    if any(CODES[code][0] == "error" for code, _ in problems):
-        return
+    if any(CODES[code][0] == "error" for code, _ in problems) or method == "grpo":
+        return  # a grpo prompt is sampled from, not trained on: no answer mask or length to check
     try:
         if method == "dpo":
             pair = row_to_preference_pair(row, report.path, line)

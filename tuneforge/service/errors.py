@@ -43,8 +43,18 @@ def envelope(status: int, message: str, code: str | None = None, param: str | No
             "code": code,
         }
     }
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if not should_retry(status):
+        headers["x-should-retry"] = "false"
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def should_retry(status: int) -> bool:
+    """Whether asking again unchanged can succeed. The openai SDK retries 408, 409, 429 and 5xx unless the
+    reply says `x-should-retry: false`; every 409 here is a state conflict (cancel a finished job, resume one
+    that is not paused, an Idempotency-Key reused with another body) that a retry only repeats, so the
+    SDK must raise at once. 408 and 429 stay retryable, and 5xx: a crash may not happen twice."""
+    return status in (408, 429) or status >= 500
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 
+from tuneforge.service.devices import inference_env
 from tuneforge.service.settings import Settings
 
 STREAM_LIMIT = 16 * 1024 * 1024
@@ -31,7 +32,9 @@ class InferenceClient:
     async def _ensure_started(self) -> asyncio.subprocess.Process:
         if self.process is not None and self.process.returncode is None:
             return self.process
-        env = dict(os.environ, TUNEFORGE_ADAPTER_CACHE=str(self.settings.adapter_cache_size))
+        env = dict(
+            os.environ, **inference_env(self.settings), TUNEFORGE_ADAPTER_CACHE=str(self.settings.adapter_cache_size)
+        )
         self.process = await asyncio.create_subprocess_exec(
             *self.settings.inference_command,
             stdin=asyncio.subprocess.PIPE,

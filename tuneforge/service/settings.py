@@ -38,6 +38,16 @@ def _float_env(name: str, default: float) -> float:
     return float(raw) if raw else default
 
 
+def _list_env(name: str) -> tuple[str, ...] | None:
+    """A comma-separated list; None when unset, () for "none"."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    if raw.lower() == "none":
+        return ()
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
 def default_home() -> Path:
     return Path(os.environ.get("TUNEFORGE_HOME") or Path.home() / ".cache" / "tuneforge")
 
@@ -70,6 +80,18 @@ class Settings:
             database_url=os.environ.get("TUNEFORGE_DATABASE_URL") or None,
             max_upload_bytes=_int_env("TUNEFORGE_MAX_UPLOAD_BYTES", 512 * 1024 * 1024),
             train_command=_command_from_env("TUNEFORGE_TRAIN_COMMAND", cls().train_command),
+    # Webhooks (webhooks.py): where job ends are announced, the whsec_ secret that signs them, and the retries.
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str | None = None
+    webhook_max_attempts: int = 12
+    webhook_retry_seconds: float = 10.0  # the first back-off; each later one doubles (capped at an hour)
+    # Devices (devices.py): the GPUs this worker may use (None: whatever CUDA_VISIBLE_DEVICES / nvidia-smi
+    # show; (): none, CPU only), how `serve` splits them between embedded workers, the inference process's.
+    gpus: tuple[str, ...] | None = None
+    gpus_per_worker: int | None = None
+    inference_gpu: str | None = None
+    # Processes a job may ask for on a worker without GPUs (torchrun on CPU is for trying things out).
+    max_cpu_processes: int = 1
             validate_command=_command_from_env("TUNEFORGE_VALIDATE_COMMAND", cls().validate_command),
             inference_command=_command_from_env("TUNEFORGE_INFERENCE_COMMAND", cls().inference_command),
             lease_seconds=_float_env("TUNEFORGE_LEASE_SECONDS", 30.0),
@@ -91,6 +113,14 @@ class Settings:
     def files_dir(self) -> Path:
         return self.data_dir / "files"
 
+        settings.webhook_urls = _list_env("TUNEFORGE_WEBHOOK_URLS") or ()
+        settings.webhook_secret = os.environ.get("TUNEFORGE_WEBHOOK_SECRET") or None
+        settings.webhook_max_attempts = _int_env("TUNEFORGE_WEBHOOK_MAX_ATTEMPTS", settings.webhook_max_attempts)
+        settings.webhook_retry_seconds = _float_env("TUNEFORGE_WEBHOOK_RETRY_SECONDS", settings.webhook_retry_seconds)
+        settings.gpus = _list_env("TUNEFORGE_GPUS")
+        settings.gpus_per_worker = _int_env("TUNEFORGE_GPUS_PER_WORKER", None)
+        settings.inference_gpu = os.environ.get("TUNEFORGE_INFERENCE_GPU") or None
+        settings.max_cpu_processes = _int_env("TUNEFORGE_MAX_CPU_PROCESSES", settings.max_cpu_processes)
     @property
     def runs_dir(self) -> Path:
         return self.data_dir / "runs"
@@ -130,3 +160,5 @@ class Settings:
         env["TUNEFORGE_MAX_ATTEMPTS"] = str(self.max_attempts)
         env["TUNEFORGE_PYTHON_GRADERS"] = "1" if self.python_graders else "0"
         return env
+        # Devices are not passed on: `serve` gives each embedded worker its own share (devices.py).
+        env["TUNEFORGE_MAX_CPU_PROCESSES"] = str(self.max_cpu_processes)

@@ -41,7 +41,8 @@ from tuneforge.service.store import (
     update_held_job,
 )
 from tuneforge.service.trainer_process import Trainer, prepare_run_dir
-from tuneforge.service.training_command import resolve_hyperparameters, train_command
+from tuneforge.service.training_command import compare_command, parent_weights, resolve_hyperparameters, train_command
+from tuneforge.service.webhooks import record_job_event
 
 ACTIVE_STATUSES = ("validating_files", "queued", "running")
 
@@ -139,6 +140,8 @@ class Worker:
     def _validate(self, session: Session, job: Job) -> bool:
         add_event(session, job.id, f"Validating training file: {job.training_file}")
         session.commit()
+        if finished:  # the webhook event commits with the final state, or neither does (webhooks.py)
+            record_job_event(session, job, status)
         n_examples, error = check_job_files(self.settings, job)
         if error is not None:
             self._fail(session, job, error)

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
-from sqlalchemy import select
+from fastapi import APIRouter, Header, Query, Request
+from sqlalchemy import Text, cast, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from tuneforge.service.deps import OrgDep, SessionDep, SettingsDep, page
@@ -25,9 +26,11 @@ from tuneforge.service.store import TERMINAL_STATUSES, Job, JobCheckpoint, JobEv
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs")
 RETRY_WINDOW_SECONDS = 600
+from tuneforge.service.webhooks import record_job_event
 
 
 def get_job(session, org_id: str, job_id: str) -> Job:
+METADATA_PARAM = re.compile(r"^metadata\[(.*)\]$", re.DOTALL)
     job = session.scalar(select(Job).where(Job.id == job_id, Job.org_id == org_id))
     if job is None:
         raise not_found("fine-tuning job", job_id, "fine_tuning_job_id")
@@ -147,12 +150,69 @@ def list_jobs(
     query = select(Job).where(Job.org_id == org.id)
     if after:
         query = query.where(Job.seq < get_job(session, org.id, after).seq)
-    rows = session.scalars(query.order_by(Job.seq.desc()).limit(limit + 1)).all()
+    wanted = metadata_filter(request)
+    if wanted == {}:
+        rows = session.scalars(query.order_by(Job.seq.desc()).limit(limit + 1)).all()
+        return page([job_public(row) for row in rows[:limit]], len(rows) > limit)
+    # JSON paths are not portable (SQLite's json_extract misreads keys with quotes, backslashes or non-ASCII
+    # characters), so SQL only narrows: the column's text holds each pair as json.dumps wrote it, a LIKE that
+    # SQLite and PostgreSQL agree on. The exact test runs on the decoded dict, and the page fills from the rows
+    # that pass, so `limit`, `after` and `has_more` mean what they do unfiltered.
+    text = cast(Job.job_metadata, Text)
+    if wanted is None:
+        query = query.where(or_(Job.job_metadata.is_(None), text.in_(("null", "{}"))))
+    for key, value in (wanted or {}).items():
+        query = query.where(text.contains(json.dumps({key: value})[1:-1], autoescape=True))
+    rows = []
+    for row in session.scalars(query.order_by(Job.seq.desc()).execution_options(yield_per=200)):
+        if _metadata_matches(row.job_metadata, wanted):
+            rows.append(row)
+            if len(rows) > limit:
+                break
     return page([job_public(row) for row in rows[:limit]], len(rows) > limit)
+
+
+def _checked_grader(body: JobCreate, settings) -> dict:
+    from tuneforge.graders import GraderError, validate_grader
+
+    section = body.method.reinforcement if body.method else None
+    if section is None:
+        raise APIError(400, "A reinforcement job needs method.reinforcement.grader.", code="invalid_request",
+                       param="method.reinforcement.grader")
+    try:
+        return validate_grader(section.grader, python_enabled=getattr(settings, "python_graders", False))
+    except GraderError as exc:
+        param = getattr(exc, "param", None) or "grader"
+        raise APIError(400, str(exc), code="invalid_grader", param=f"method.reinforcement.{param}") from None
+
+
+def metadata_filter(request: Request) -> dict[str, str] | None:
+    """The list's metadata filter as the SDK sends it: `metadata[k]=v` pairs (all must match; {} is no
+    filter), or the literal `metadata=null` (None: jobs without metadata). The two forms do not combine."""
+    params = request.query_params
+    wanted = {match.group(1): value for name, value in params.multi_items() if (match := METADATA_PARAM.match(name))}
+    if "metadata" not in params:
+        return wanted
+    if params["metadata"] != "null" or wanted:
+        raise APIError(
+            400,
+            "Filter on metadata with metadata[KEY]=VALUE (several allowed), or select jobs without metadata with "
+            "metadata=null; not both.",
+            code="invalid_request",
+            param="metadata",
+        )
+    return None
+
+
+def _metadata_matches(metadata: dict | None, wanted: dict[str, str] | None) -> bool:
+    if wanted is None:
+        return not metadata
+    return all(isinstance(metadata, dict) and metadata.get(key) == value for key, value in wanted.items())
 
 
 @router.get("/{job_id}")
 def retrieve_job(job_id: str, org: OrgDep, session: SessionDep) -> dict:
+    request: Request,
     return job_public(get_job(session, org.id, job_id))
 
 
@@ -179,6 +239,7 @@ def pause_job(job_id: str, org: OrgDep, session: SessionDep) -> dict:
     job.status = "paused"
     add_event(session, job.id, "Fine-tuning job paused")
     session.commit()
+    record_job_event(session, job, "cancelled")  # committed with the status (webhooks.py)
     return job_public(job)
 
 
