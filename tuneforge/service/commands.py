@@ -1,7 +1,8 @@
 """The `serve`, `worker` and `keys` subcommands; tuneforge/cli.py registers them with add_service_commands.
 
 tuneforge serve [--host 127.0.0.1] [--port 8000] [--data-dir DIR] [--workers N] [--database-url URL]
-tuneforge worker [--data-dir DIR] [--database-url URL] [--once]
+                [--gpus 0,1] [--gpus-per-worker N] [--inference-gpu ID] [--webhook-url URL ...] [--webhook-secret S]
+tuneforge worker [--data-dir DIR] [--database-url URL] [--once] [--gpus 0,1]
 tuneforge keys create --org NAME [--data-dir DIR] [--database-url URL]
 """
 
@@ -17,7 +18,24 @@ import sys
 def _settings(args):
     from tuneforge.service.settings import Settings
 
-    return Settings.from_env(data_dir=args.data_dir, database_url=args.database_url)
+    return Settings.from_env(
+        data_dir=args.data_dir,
+        database_url=args.database_url,
+        gpus=getattr(args, "gpus", None),
+        gpus_per_worker=getattr(args, "gpus_per_worker", None),
+        inference_gpu=getattr(args, "inference_gpu", None),
+        webhook_urls=tuple(getattr(args, "webhook_url", None) or ()) or None,
+        webhook_secret=getattr(args, "webhook_secret", None),
+    )
+
+
+def _gpu_list(text: str) -> tuple[str, ...]:
+    from tuneforge.service.devices import parse_gpus
+
+    try:
+        return parse_gpus(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_store_options(parser: argparse.ArgumentParser) -> None:
@@ -31,20 +49,51 @@ def _add_store_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_gpu_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--gpus",
+        type=_gpu_list,
+        help="GPUs to train on, as nvidia-smi numbers them (0,1) or none (default: those CUDA_VISIBLE_DEVICES "
+        "or nvidia-smi show)",
+    )
+
+
 def serve(args) -> int:
     import uvicorn
 
     from tuneforge.service.app import create_app
+    from tuneforge.service.devices import split_devices, worker_env
+    from tuneforge.service.webhooks import Deliverer, new_secret
 
     settings = _settings(args)
+    settings.ensure_dirs()  # the webhook deliverer opens the database, which lives in the data dir
+    if settings.webhook_urls and not settings.webhook_secret:
+        print(
+            "tuneforge serve: webhooks are signed: add --webhook-secret (or TUNEFORGE_WEBHOOK_SECRET), "
+            f"e.g. this fresh one: {new_secret()}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        shares, note = split_devices(settings, args.workers)
+        deliverer = Deliverer(settings)
+    except ValueError as exc:
+        print(f"tuneforge serve: {exc}", file=sys.stderr)
+        return 2
+    if note:
+        print(f"tuneforge serve: {note}", file=sys.stderr)
     settings.ensure_dirs()
     # uvicorn re-raises the SIGTERM it caught once it has shut down; turning that into SystemExit lets the
     # `finally` below stop the embedded workers, which hand their running jobs back to the queue.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(0))
     workers = []
     env = dict(os.environ, **settings.to_env(), TUNEFORGE_PARENT_PID=str(os.getpid()))
-    for _ in range(args.workers):
-        workers.append(subprocess.Popen([sys.executable, "-m", "tuneforge.service.worker"], env=env))
+    for index in range(args.workers):
+        # Each worker's devices are in its environment, so the trainers it starts inherit them.
+        worker_environment = dict(env, **worker_env(shares[index])) if shares is not None else env
+        workers.append(subprocess.Popen([sys.executable, "-m", "tuneforge.service.worker"], env=worker_environment))
+    # Webhooks go out from this process (webhooks.py says why); the outbox rows outlive it.
+    deliverer.start()
     try:
         print(
             f"tuneforge: serving on http://{args.host}:{args.port} (data in {settings.data_dir}, "
@@ -54,6 +103,7 @@ def serve(args) -> int:
         )
         uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
     finally:
+        deliverer.stop()
         for process in workers:
             process.send_signal(signal.SIGTERM)
         for process in workers:
@@ -65,9 +115,13 @@ def serve(args) -> int:
 
 
 def worker(args) -> int:
+    from tuneforge.service.devices import worker_env
     from tuneforge.service.worker import run_worker
 
-    return run_worker(_settings(args), once=args.once)
+    settings = _settings(args)
+    if settings.gpus is not None:
+        os.environ.update(worker_env(settings.gpus))  # the trainers this worker starts inherit its devices
+    return run_worker(settings, once=args.once)
 
 
 def keys(args) -> int:
@@ -96,12 +150,30 @@ def add_service_commands(subparsers) -> None:
     parser.add_argument(
         "--workers", type=int, default=1, help="embedded workers that run jobs (0: run `tuneforge worker` separately)"
     )
-    parser.add_argument("--log-level", default="info", help="uvicorn log level: debug, info, warning, error (default info)")
+    parser.add_argument(
+        "--log-level", default="info", help="uvicorn log level: debug, info, warning, error (default info)"
+    )
+    _add_gpu_option(parser)
+    parser.add_argument(
+        "--gpus-per-worker",
+        type=int,
+        help="GPUs each embedded worker gets from --gpus (default 1; its jobs' max processes)",
+    )
+    parser.add_argument("--inference-gpu", help="the GPU chat completions run on (default: the default device)")
+    parser.add_argument(
+        "--webhook-url",
+        action="append",
+        help="POST fine_tuning.job.succeeded/failed/cancelled here (repeat for several; env TUNEFORGE_WEBHOOK_URLS)",
+    )
+    parser.add_argument(
+        "--webhook-secret", help="whsec_... secret that signs webhooks (better: env TUNEFORGE_WEBHOOK_SECRET)"
+    )
     _add_store_options(parser)
     parser.set_defaults(func=serve)
 
     parser = subparsers.add_parser("worker", help="run fine-tuning jobs from the service's queue")
     parser.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    _add_gpu_option(parser)
     _add_store_options(parser)
     parser.set_defaults(func=worker)
 
