@@ -34,6 +34,7 @@ def fake_env(**extra: str) -> dict[str, str]:
         "TUNEFORGE_TRAIN_COMMAND": json.dumps([sys.executable, str(HERE / "fake_trainer.py")]),
         "TUNEFORGE_VALIDATE_COMMAND": json.dumps([sys.executable, str(HERE / "fake_validator.py")]),
         "TUNEFORGE_INFERENCE_COMMAND": json.dumps([sys.executable, str(HERE / "fake_inference.py")]),
+        "TUNEFORGE_COMPARE_COMMAND": json.dumps([sys.executable, str(HERE / "fake_compare.py")]),
         "TUNEFORGE_PREVIEW_COMMAND": json.dumps([sys.executable, str(HERE / "fake_preview.py")]),
         "TUNEFORGE_EXPORT_COMMAND": json.dumps([sys.executable, str(HERE / "fake_export.py")]),
         "TUNEFORGE_LEASE_SECONDS": "3",

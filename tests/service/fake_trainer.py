@@ -5,7 +5,8 @@ finishes its step, saves and exits; with --resume auto it continues after its ne
 (one with manifest.json, written last, as the real trainer does). Knobs (environment): FAKE_STEP_SECONDS,
 FAKE_RUN_LOG (append "RUN_DIR_NAME PID FIRST_STEP" per run, to prove each job runs exactly once and
 whether a run resumed). A training file containing CRASH exits 3; USER_ERROR exits 2;
-SLOW runs until stopped.
+SLOW runs until stopped. The command line it was given is kept in RUN/argv.json (tests read what the worker
+asked for: the model, init_adapter, the job's options).
 """
 
 import argparse
@@ -27,6 +28,7 @@ args, _unknown = parser.parse_known_args()
 out = Path(args.output)
 out.mkdir(parents=True, exist_ok=True)
 (out / "pid").write_text(str(os.getpid()))
+(out / "argv.json").write_text(json.dumps(sys.argv[1:]))
 first_step = 1
 if args.resume == "auto":
     from tuneforge.runfiles import complete_checkpoints, trim_metrics
@@ -67,8 +69,8 @@ def emit(record):
 
 def save(step):
     checkpoint = out / "checkpoints" / f"step-{step}"
-    checkpoint.mkdir(parents=True, exist_ok=True)
-    (checkpoint / "adapter_config.json").write_text("{}")
+    (checkpoint / "adapter").mkdir(parents=True, exist_ok=True)
+    (checkpoint / "adapter" / "adapter_config.json").write_text("{}")  # the real trainer's layout
     (checkpoint / "manifest.json").write_text(json.dumps({"step": step}))
     emit({"type": "checkpoint", "step": step, "path": str(checkpoint)})
 
@@ -79,6 +81,7 @@ for step in range(first_step, args.max_steps + 1):
         {
             "type": "train",
             "step": step,
+            "total_steps": args.max_steps,
             "epoch": step / args.max_steps,
             "loss": 2.0 / step,
             "lr": 1e-3,

@@ -122,7 +122,9 @@ def test_train_command_scales_the_trainers_own_learning_rate(tmp_path):
     hyper = resolve_hyperparameters({"n_epochs": "auto", "learning_rate_multiplier": 2, "beta": "auto"}, 20)
     job = Job(id="ftjob-1", model="m", training_file="file-t", method="dpo", seed=3, hyperparameters=hyper)
     command = train_command(settings, job, tmp_path / "runs" / "ftjob-1")
-    options = dict(zip(command[1::2], command[2::2], strict=True))
+    flags = [item for item in command if "=" not in item]  # then key=value settings (keep_checkpoints=3, ...)
+    assert command[len(flags):] == ["keep_checkpoints=3"]
+    options = dict(zip(flags[1::2], flags[2::2], strict=True))
     assert command[0] == "train" and options["--data"] == str(tmp_path / "files" / "file-t")
     assert options["--method"] == "dpo" and options["--epochs"] == "5" and options["--max-steps"] == "4"
     assert float(options["--lr"]) == 2 * TrainConfig().resolved_learning_rate()

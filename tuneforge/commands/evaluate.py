@@ -59,7 +59,8 @@ def run_eval(args) -> int:
 
 def add_compare_command(subparsers) -> None:
     p = subparsers.add_parser("compare", help="base zero-shot vs few-shot vs fine-tuned, plus forgetting; HTML report")
-    p.add_argument("--data", required=True, help="test JSONL (the last assistant turn is the reference)")
+    p.add_argument("--data", help="test JSONL (the last assistant turn is the reference) (default: none, only "
+                   "forgetting is measured)")
     p.add_argument("--adapter", required=True, help="LoRA adapter dir or full fine-tuned model dir")
     p.add_argument("--model", help="base model (default: the one the adapter was trained on)")
     p.add_argument("--shots", type=int, default=0,
@@ -99,7 +100,10 @@ def run_compare(args) -> int:
     from tuneforge.evaluate.report import write_report
     from tuneforge.evaluate.run import load_eval_set
 
-    load_eval_set(args.data)  # bad data fails before any model loads
+    if args.data:
+        load_eval_set(args.data)  # bad data fails before any model loads
+    elif args.no_forgetting:
+        raise UserError("nothing to measure: give --data TEST.jsonl, or drop --no-forgetting")
     if not Path(args.adapter).is_dir():
         raise UserError(f"{args.adapter}: adapter directory not found")
     if args.shots < 0 or (args.limit is not None and args.limit < 1):

@@ -208,6 +208,18 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def verdict(report: dict) -> str:
     """One line a builder can act on: fine-tuned against the best prompt-only variant, and the forgetting gate."""
     variants = report["variants"]
+    line = task_verdict(variants) if variants else "no test set: task not measured"
+    forgetting = report.get("forgetting")
+    if forgetting:
+        line += "; " + forgetting_verdict(forgetting)
+    guard = guard_label(report.get("forgetting_guard"))
+    if guard:
+        line += f"; {guard}"
+    return line
+
+
+def task_verdict(variants: dict) -> str:
+    """Fine-tuned against the best prompt-only variant: exact match, format, prompt length, speed."""
     tuned = variants["fine_tuned"]
     baseline_name = "few_shot" if "few_shot" in variants else "zero_shot"
     baseline = variants[baseline_name]
@@ -229,41 +241,40 @@ def verdict(report: dict) -> str:
             f"{faster:.1f}x {'faster' if faster >= 1 else 'slower'} per answer"
             + ("" if key == "latency_p50_s" else " (batched)")
         )
-    line = ", ".join(parts)
-    forgetting = report.get("forgetting")
-    if forgetting:
-        line += f"; forgetting {forgetting['perplexity_change_pct']:+.1f}% perplexity"
-        if forgetting.get("answer_agreement") is not None:
-            line += f", {forgetting['answer_agreement']:.0%} general answers unchanged"
-        if forgetting.get("tuned_general_correct") is not None:
-            line += (
-                f", general questions {forgetting['base_general_correct']:.0%} -> "
-                f"{forgetting['tuned_general_correct']:.0%} correct"
-            )
-            if forgetting.get("general_drop_points") is not None:
-                line += f" ({0.0 - forgetting['general_drop_points']:+.1f} points)"
-        following = forgetting.get("instruction_following")
-        if following:
-            line += f", instructions followed {following['base_strict']:.0%} -> {following['tuned_strict']:.0%}"
-        gates = []
-        if forgetting.get("max_forgetting_pct") is not None:
-            gate = forgetting["max_forgetting_pct"]
-            within = forgetting["perplexity_change_pct"] <= gate
-            gates.append(f"{'within' if within else 'FAILS'} {gate:g}% gate")
-        if forgetting.get("max_general_drop_points") is not None and forgetting.get("general_drop_points") is not None:
-            gate = forgetting["max_general_drop_points"]
-            within = forgetting["general_drop_points"] <= gate
-            gates.append(f"{'within' if within else 'FAILS'} {gate:g}-point drop gate")
-        if gates:
-            line += f" ({', '.join(gates)})"
-    guard = guard_label(report.get("forgetting_guard"))
-    if guard:
-        line += f"; {guard}"
+    return ", ".join(parts)
+
+
+def forgetting_verdict(forgetting: dict) -> str:
+    """Perplexity, general answers and instruction following, base vs fine-tuned, and the gates."""
+    line = f"forgetting {forgetting['perplexity_change_pct']:+.1f}% perplexity"
+    if forgetting.get("answer_agreement") is not None:
+        line += f", {forgetting['answer_agreement']:.0%} general answers unchanged"
+    if forgetting.get("tuned_general_correct") is not None:
+        line += (
+            f", general questions {forgetting['base_general_correct']:.0%} -> "
+            f"{forgetting['tuned_general_correct']:.0%} correct"
+        )
+        if forgetting.get("general_drop_points") is not None:
+            line += f" ({0.0 - forgetting['general_drop_points']:+.1f} points)"
+    following = forgetting.get("instruction_following")
+    if following:
+        line += f", instructions followed {following['base_strict']:.0%} -> {following['tuned_strict']:.0%}"
+    gates = []
+    if forgetting.get("max_forgetting_pct") is not None:
+        gate = forgetting["max_forgetting_pct"]
+        within = forgetting["perplexity_change_pct"] <= gate
+        gates.append(f"{'within' if within else 'FAILS'} {gate:g}% gate")
+    if forgetting.get("max_general_drop_points") is not None and forgetting.get("general_drop_points") is not None:
+        gate = forgetting["max_general_drop_points"]
+        within = forgetting["general_drop_points"] <= gate
+        gates.append(f"{'within' if within else 'FAILS'} {gate:g}-point drop gate")
+    if gates:
+        line += f" ({', '.join(gates)})"
     return line
 
 
 def compare(
-    data: str,
+    data: str | None,
     adapter: str,
     *,
     model: str | None = None,
@@ -283,12 +294,14 @@ def compare(
     forgetting: bool = True,
     progress=None,
 ) -> dict:
-    """Evaluate base zero-shot, base few-shot and the fine-tuned model on `data`; measure forgetting."""
+    """Evaluate base zero-shot, base few-shot and the fine-tuned model on `data`; measure forgetting.
+
+    Without `data` (a service job with no validation file) only forgetting is measured."""
     from tuneforge.evaluate.forgetting import measure_forgetting
     from tuneforge.models import adapter_base_spec, load_model
 
     say = progress or (lambda message: None)
-    prompts, references, tools = load_eval_set(data)
+    prompts, references, tools = load_eval_set(data) if data else ([], [], [])
     if limit:
         prompts, references, tools = prompts[:limit], references[:limit], tools[:limit]
     if shots and not shots_from:
@@ -304,16 +317,17 @@ def compare(
         batch_size=batch_size, max_new_tokens=max_new_tokens, latency_samples=latency_samples, checker=checker
     )
     variants = {}
-    say(f"zero-shot on {len(prompts)} examples")
-    variants["zero_shot"] = run_variant(base, tokenizer, prompts, references, tools, **options)
-    if chosen_shots:
-        say(f"{shots}-shot on {len(prompts)} examples")
-        few = [with_shots(p, chosen_shots) for p in prompts]
-        variants["few_shot"] = run_variant(base, tokenizer, few, references, tools, **options)
-    say(f"fine-tuned on {len(prompts)} examples")
-    variants["fine_tuned"] = run_variant(tuned, tuned_tokenizer, prompts, references, tools, **options)
+    if prompts:
+        say(f"zero-shot on {len(prompts)} examples")
+        variants["zero_shot"] = run_variant(base, tokenizer, prompts, references, tools, **options)
+        if chosen_shots:
+            say(f"{shots}-shot on {len(prompts)} examples")
+            few = [with_shots(p, chosen_shots) for p in prompts]
+            variants["few_shot"] = run_variant(base, tokenizer, few, references, tools, **options)
+        say(f"fine-tuned on {len(prompts)} examples")
+        variants["fine_tuned"] = run_variant(tuned, tuned_tokenizer, prompts, references, tools, **options)
     report = {
-        "data": str(data),
+        "data": str(data) if data else None,
         "adapter": str(adapter),
         "base_model": base_spec or "default",
         "n": len(prompts),

@@ -196,7 +196,7 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
     )
     forgetting_details = _categories_table(forgetting) + _instructions_html(forgetting) + _guard_html(report)
     corpus = forgetting.get("corpus", {})
-    examples = variants["fine_tuned"]["examples"][:10]
+    examples = variants["fine_tuned"]["examples"][:10] if variants else []
     example_rows = "".join(
         "<tr>"
         + "".join(f"<td><code>{esc(str(v)[:160])}</code></td>" for v in (e["prompt"], e["reference"], e["prediction"]))
@@ -220,7 +220,6 @@ def render_html(report: dict, images: dict[str, Path]) -> str:
         if general_rows
         else ""
     )
-    status = {True: "passed", False: "FAILED", None: "not gated"}[report.get("passed")]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>tuneforge compare report</title>
 <style>
@@ -231,12 +230,7 @@ td.worse {{ color: #d33; }} img {{ max-width: 100%; }} table.examples td {{ text
 </style></head><body>
 <h1>Zero-shot vs few-shot vs fine-tuned</h1>
 <p class="verdict" id="verdict">{esc(report["verdict"])}</p>
-<p>Test set <code>{esc(report["data"])}</code> ({report["n"]} examples), adapter <code>{esc(report["adapter"])}</code>,
-base <code>{esc(report["base_model"])}</code>, {report["shots"]} shots. Forgetting gate: <b>{status}</b>.</p>
-<h2>Task results</h2><table><tr><th></th>{head}</tr>{body}</table>
-<p>Latency: "1 request" is the wall time of answering one prompt alone (batch size 1) over the first
-few test prompts; "batch latency" is the wall time of the batch an answer was generated in (when it
-becomes available); "batch wall time per answer" is total batched time divided by the number of answers.</p>
+{_task_html(report, head, body)}
 <h2>Forgetting</h2><p>General text: <code>{esc(corpus.get("name", "–"))}</code> (Python {esc(corpus.get("python", "–"))},
 sha256 {esc(corpus.get("sha256", "–")[:16])}…).</p><table>{forgetting_rows}</table>
 {forgetting_details}
@@ -245,6 +239,21 @@ sha256 {esc(corpus.get("sha256", "–")[:16])}…).</p><table>{forgetting_rows}<
 {general}
 </body></html>
 """
+
+
+def _task_html(report: dict, head: str, body: str) -> str:
+    """The test set and the task table; without a test set (a job with no validation file), a line saying so."""
+    esc = html.escape
+    status = {True: "passed", False: "FAILED", None: "not gated"}[report.get("passed")]
+    if not report["variants"]:
+        return (f"<p>No test set: the task was not measured, only forgetting. Adapter <code>{esc(report['adapter'])}"
+                f"</code>, base <code>{esc(report['base_model'])}</code>. Forgetting gate: <b>{status}</b>.</p>")
+    return f"""<p>Test set <code>{esc(report["data"])}</code> ({report["n"]} examples), adapter <code>{esc(report["adapter"])}</code>,
+base <code>{esc(report["base_model"])}</code>, {report["shots"]} shots. Forgetting gate: <b>{status}</b>.</p>
+<h2>Task results</h2><table><tr><th></th>{head}</tr>{body}</table>
+<p>Latency: "1 request" is the wall time of answering one prompt alone (batch size 1) over the first
+few test prompts; "batch latency" is the wall time of the batch an answer was generated in (when it
+becomes available); "batch wall time per answer" is total batched time divided by the number of answers.</p>"""
 
 
 def _points(base: float, tuned: float) -> str:
@@ -324,7 +333,8 @@ def write_report(report: dict, output: str | Path) -> dict[str, Path]:
     loss = plot_loss_curves(report.get("training") or {}, output / "loss_curves.png")
     if loss:
         images["training and validation loss"] = loss
-    images["variants"] = plot_variants(report["variants"], output / "variants.png")
+    if report["variants"]:
+        images["variants"] = plot_variants(report["variants"], output / "variants.png")
     if report.get("forgetting"):
         images["forgetting"] = plot_forgetting(report["forgetting"], output / "forgetting.png")
     report["plots"] = [p.name for p in images.values()]

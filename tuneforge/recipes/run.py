@@ -290,6 +290,7 @@ def log(run: Run, step: Step, values: dict, *, tokens: int, loss_tokens: int = 0
     record = {
         "type": "train",
         "step": progress.step,
+        "total_steps": run.total_steps,  # so a watcher (the service's worker) can show progress and a finish time
         "epoch": round(step.epoch + (step.index_in_epoch + 1) / step.steps_in_epoch, 4),
         **values,
         "lr": run.lr,

@@ -184,6 +184,40 @@ def add_service_commands(subparsers) -> None:
     _add_store_options(create)
     create.set_defaults(func=keys)
 
+    parser = subparsers.add_parser("orgs", help="an organisation's policies")
+    org_commands = parser.add_subparsers(dest="orgs_command", required=True)
+    policy = org_commands.add_parser("policy", help="what happens to a fine-tune that fails the forgetting gate")
+    policy.add_argument("--org", required=True, help="org name, as given to `keys create`")
+    policy.add_argument(
+        "--on-forgetting-failure",
+        required=True,
+        choices=("block", "publish", "default"),
+        help="block: the job fails and no model is published; publish: it succeeds, saying the gate failed; "
+        "default: the job's own choice, else the server's (TUNEFORGE_FORGETTING_POLICY, block)",
+    )
+    _add_store_options(policy)
+    policy.set_defaults(func=orgs_policy)
+
+
+def orgs_policy(args) -> int:
+    from sqlalchemy import select
+
+    from tuneforge.service.store import Org, make_engine, make_sessionmaker
+
+    settings = _settings(args)
+    settings.ensure_dirs()
+    sessions = make_sessionmaker(make_engine(settings.url))
+    with sessions() as session:
+        org = session.scalar(select(Org).where(Org.name == args.org))
+        if org is None:
+            print(f"tuneforge orgs: no org named {args.org!r} (create it with `tuneforge keys create --org`)",
+                  file=sys.stderr)
+            return 2
+        org.forgetting_policy = None if args.on_forgetting_failure == "default" else args.on_forgetting_failure
+        session.commit()
+    print(f"org {args.org!r}: a fine-tune that fails the forgetting gate: {args.on_forgetting_failure}")
+    return 0
+
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m tuneforge.service ...`: the same commands without the rest of the CLI."""

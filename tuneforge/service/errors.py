@@ -7,6 +7,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+# Raised by code the worker shares too (job options, integrations), so it lives where no web framework is imported.
+from tuneforge.service.api_error import APIError, not_found  # noqa: F401  (re-exported: routes import them here)
+
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -19,19 +22,6 @@ ERROR_TYPES = {
     500: "server_error",
     503: "server_error",
 }
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
-        self.param = param
-
-
-def not_found(kind: str, object_id: str, param: str | None = None) -> APIError:
-    return APIError(404, f"No such {kind}: {object_id}", code=f"{kind.replace(' ', '_')}_not_found", param=param)
 
 
 def envelope(status: int, message: str, code: str | None = None, param: str | None = None) -> JSONResponse:

@@ -1,8 +1,10 @@
-"""`tuneforge validate FILE --json --no-estimate --method M --min-examples N`, run by the worker on a job's files.
+"""`tuneforge validate FILE --json --estimate --method M --model M --min-examples N`, run by the worker on a job's files.
 
 The validator runs as a child process, like the trainer (it may load the model's tokenizer, and the worker
 never imports transformers). Its JSON report gives either the number of training examples, which sizes the
-"auto" hyperparameters, or the job's error in OpenAI's shape, naming the first bad line.
+"auto" hyperparameters, or the job's error in OpenAI's shape, naming the first bad line. For the training
+file it also times two training steps on the job's model (`--estimate`), which gives the job's
+estimated_finish before the first step runs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from tuneforge.data.validate import MIN_EXAMPLES
 from tuneforge.service.file_storage import file_path
+from tuneforge.service.model_ids import runs_on
 from tuneforge.service.settings import Settings
 from tuneforge.service.store import Job
 from tuneforge.service.training_command import trainer_method
@@ -20,31 +23,49 @@ from tuneforge.service.training_command import trainer_method
 VALIDATE_TIMEOUT_SECONDS = 600
 
 
-def check_job_files(settings: Settings, job: Job) -> tuple[int | None, dict | None]:
-    """(the number of training examples, None) when the job's files are fit to train on, else (None, the job's
-    error) for the first file that is not."""
-    n_examples = None
+def check_job_files(settings: Settings, job: Job) -> tuple[int | None, dict, dict | None]:
+    """(the number of training examples, the training file's report, None) when the job's files are fit to
+    train on, else (None, {}, the job's error) for the first file that is not."""
+    n_examples, training_report = None, {}
     for param, file_id in (("training_file", job.training_file), ("validation_file", job.validation_file)):
         if file_id is None:
             continue
         path = file_path(settings, file_id)
         if not path.exists():
-            return None, {"code": "invalid_file", "param": param, "message": f"The {param} {file_id} no longer exists."}
-        report, problem = run_validator(settings.validate_command, path, method=trainer_method(job.method), param=param)
+            error = {"code": "invalid_file", "param": param, "message": f"The {param} {file_id} no longer exists."}
+            return None, {}, error
+        estimate = settings.estimate and param == "training_file"
+        report, problem = run_validator(settings.validate_command, path, method=trainer_method(job.method), param=param,
+                                        estimate=estimate, model=runs_on(job))
         if problem:
-            return None, {"code": "validation_unavailable", "param": param, "message": problem}
+            return None, {}, {"code": "validation_unavailable", "param": param, "message": problem}
         if not report.get("ok", False):
-            return None, validation_error(report, param)
+            return None, {}, validation_error(report, param)
         if param == "training_file":
-            n_examples = report.get("n_examples")
-    return n_examples, None
+            n_examples, training_report = report.get("n_examples"), report
+    return n_examples, training_report, None
 
 
-def run_validator(validate_command: list[str], path: Path, *, method: str, param: str) -> tuple[dict, str | None]:
+def estimated_seconds(report: dict, hyperparameters: dict) -> float | None:
+    """Training seconds for the job's epochs, from the validator's measured estimate (made for its own
+    epoch count: the time scales with the tokens trained, so with the epochs); None without an estimate."""
+    estimate = (report or {}).get("estimate") or {}
+    seconds, epochs = estimate.get("train_seconds"), estimate.get("epochs")
+    if not isinstance(seconds, int | float) or not isinstance(epochs, int | float) or epochs <= 0:
+        return None
+    n_epochs = hyperparameters.get("n_epochs")
+    return float(seconds) * (float(n_epochs) / float(epochs) if isinstance(n_epochs, int | float) else 1.0)
+
+
+def run_validator(validate_command: list[str], path: Path, *, method: str, param: str, estimate: bool = False,
+                  model: str | None = None) -> tuple[dict, str | None]:
     """(report, None), or ({}, why the validator could not give one). The training file needs the trainer's
-    minimum number of examples; a validation file needs one."""
+    minimum number of examples; a validation file needs one. `estimate` also times two training steps on
+    `model` (the report's "estimate"; a failed estimate is reported in it, not as a failure)."""
     min_examples = MIN_EXAMPLES if param == "training_file" else 1
-    command = [*validate_command, str(path), "--json", "--no-estimate", "--method", method]
+    command = [*validate_command, str(path), "--json", "--estimate" if estimate else "--no-estimate", "--method", method]
+    if model:
+        command += ["--model", model]
     command += ["--min-examples", str(min_examples)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=VALIDATE_TIMEOUT_SECONDS)

@@ -9,7 +9,7 @@ folder, `wandb sync` uploads them) unless the worker's environment sets WANDB_MO
 
 from __future__ import annotations
 
-from tuneforge.service.errors import APIError
+from tuneforge.service.api_error import APIError
 
 SUPPORTED_TYPES = ("wandb",)
 WANDB_FIELDS = ("project", "name", "entity", "tags")

@@ -26,6 +26,14 @@ class DpoHyperparameters(Hyperparameters):
     beta: Auto | Annotated[float, Field(gt=0, le=10)] = "auto"
 
 
+class ReinforcementHyperparameters(Hyperparameters):
+    # OpenAI's reinforcement knobs, mapped onto GRPO by training_command.reinforcement_overrides.
+    compute_multiplier: Auto | Annotated[float, Field(gt=0, le=10)] = "auto"
+    eval_interval: Auto | Annotated[int, Field(ge=1, le=100000)] = "auto"
+    eval_samples: Auto | Annotated[int, Field(ge=1, le=100)] = "auto"
+    reasoning_effort: Literal["default", "low", "medium", "high"] = "default"
+
+
 class SupervisedMethod(Strict):
     hyperparameters: Hyperparameters | None = None
 
@@ -34,10 +42,16 @@ class DpoMethod(Strict):
     hyperparameters: DpoHyperparameters | None = None
 
 
+class ReinforcementMethod(Strict):
+    grader: dict[str, Any]
+    hyperparameters: ReinforcementHyperparameters | None = None
+
+
 class Method(Strict):
-    type: Literal["supervised", "dpo"]
+    type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
     dpo: DpoMethod | None = None
+    reinforcement: ReinforcementMethod | None = None
 
 
 class JobCreate(Strict):
@@ -50,18 +64,21 @@ class JobCreate(Strict):
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
     metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = None
     integrations: list[Any] | None = None
+    # tuneforge's own settings (the SDK sends them with extra_body); checked by service/job_options.py.
+    tuneforge: dict[str, Any] | None = None
 
     def method_and_hyperparameters(self) -> tuple[str, dict]:
         """The method type and its hyperparameters, with "auto" for anything not given."""
         method_type = self.method.type if self.method else "supervised"
         chosen: BaseModel | None = None
-        if self.method and method_type == "supervised" and self.method.supervised:
-            chosen = self.method.supervised.hyperparameters
-        if self.method and method_type == "dpo" and self.method.dpo:
-            chosen = self.method.dpo.hyperparameters
+        section = getattr(self.method, method_type, None) if self.method else None
+        if section is not None:
+            chosen = section.hyperparameters
         if chosen is None:
             chosen = self.hyperparameters
-        defaults = DpoHyperparameters() if method_type == "dpo" else Hyperparameters()
+        defaults = {"dpo": DpoHyperparameters, "reinforcement": ReinforcementHyperparameters}.get(
+            method_type, Hyperparameters
+        )()
         values = defaults.model_dump()
         if chosen is not None:
             values.update({k: v for k, v in chosen.model_dump().items() if k in values})
@@ -116,7 +133,11 @@ def file_public(stored: StoredFile) -> dict:
 def job_public(job: Job) -> dict:
     hyper = dict(job.hyperparameters or {})
     common = {k: hyper[k] for k in ("n_epochs", "batch_size", "learning_rate_multiplier") if k in hyper}
-    method_key = "dpo" if job.method == "dpo" else "supervised"
+    method_key = job.method if job.method in ("dpo", "reinforcement") else "supervised"
+    method = {"type": method_key, method_key: {"hyperparameters": hyper}}
+    if job.method == "reinforcement":
+        method[method_key]["grader"] = job.grader
+    evaluation = job.evaluation or {}
     return {
         "id": job.id,
         "object": "fine_tuning.job",
@@ -131,15 +152,22 @@ def job_public(job: Job) -> dict:
         "training_file": job.training_file,
         "validation_file": job.validation_file,
         "hyperparameters": common,
-        "method": {"type": method_key, method_key: {"hyperparameters": hyper}},
+        "method": method,
         "result_files": list(job.result_files or []),
         "seed": job.seed,
         "metadata": job.job_metadata,
         "user_provided_suffix": job.suffix,
-        "estimated_finish": None,
-        "integrations": [],
-        # Not in OpenAI's shape: where the evaluation report is, when the run wrote one.
+        "estimated_finish": job.estimated_finish if job.status in ("validating_files", "queued", "running") else None,
+        "integrations": list(job.integrations or []),
+        # Not in OpenAI's shape (the SDK keeps extra fields): the evaluation report's file id, its headline
+        # figures, the settings beyond OpenAI's, and what the job continued from.
         "report_file": job.report_file,
+        "eval": evaluation.get("eval"),
+        "forgetting": evaluation.get("forgetting"),
+        "verdict": evaluation.get("verdict"),
+        "training_metrics": evaluation.get("training"),
+        "tuneforge": dict(job.options or {}),
+        "lineage": job.lineage,
     }
 
 

@@ -61,6 +61,13 @@ class Settings:
     train_command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "tuneforge", "train"])
     validate_command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "tuneforge", "validate"])
     inference_command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "tuneforge.service.inference"])
+    # After training, each job is measured as `tuneforge compare` measures a run (held-out task, forgetting).
+    compare_command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "tuneforge", "compare"])
+    # The validator also times two training steps so a job's estimated_finish is measured, not guessed.
+    estimate: bool = True
+    # A fine-tune that fails the forgetting gate: "block" (the job fails, nothing is published) or "publish"
+    # (it succeeds, saying so); an organisation's own policy (`tuneforge orgs policy`) wins over this.
+    forgetting_policy: str = "block"
     base_models: tuple[str, ...] = DEFAULT_BASE_MODELS
     # A lease is how long a worker may go silent before another worker takes its job over.
     lease_seconds: float = 30.0
@@ -73,13 +80,6 @@ class Settings:
     adapter_cache_size: int = 3
     # Python graders run submitted code (sandboxed: tuneforge/graders/sandbox.py); off unless the operator says so.
     python_graders: bool = False
-
-    @classmethod
-    def from_env(cls, **overrides) -> Settings:
-        settings = cls(
-            database_url=os.environ.get("TUNEFORGE_DATABASE_URL") or None,
-            max_upload_bytes=_int_env("TUNEFORGE_MAX_UPLOAD_BYTES", 512 * 1024 * 1024),
-            train_command=_command_from_env("TUNEFORGE_TRAIN_COMMAND", cls().train_command),
     # Webhooks (webhooks.py): where job ends are announced, the whsec_ secret that signs them, and the retries.
     webhook_urls: tuple[str, ...] = ()
     webhook_secret: str | None = None
@@ -92,8 +92,18 @@ class Settings:
     inference_gpu: str | None = None
     # Processes a job may ask for on a worker without GPUs (torchrun on CPU is for trying things out).
     max_cpu_processes: int = 1
+
+    @classmethod
+    def from_env(cls, **overrides) -> Settings:
+        settings = cls(
+            database_url=os.environ.get("TUNEFORGE_DATABASE_URL") or None,
+            max_upload_bytes=_int_env("TUNEFORGE_MAX_UPLOAD_BYTES", 512 * 1024 * 1024),
+            train_command=_command_from_env("TUNEFORGE_TRAIN_COMMAND", cls().train_command),
             validate_command=_command_from_env("TUNEFORGE_VALIDATE_COMMAND", cls().validate_command),
             inference_command=_command_from_env("TUNEFORGE_INFERENCE_COMMAND", cls().inference_command),
+            compare_command=_command_from_env("TUNEFORGE_COMPARE_COMMAND", cls().compare_command),
+            estimate=os.environ.get("TUNEFORGE_ESTIMATE", "1") not in ("0", "false", "no"),
+            forgetting_policy=os.environ.get("TUNEFORGE_FORGETTING_POLICY") or "block",
             lease_seconds=_float_env("TUNEFORGE_LEASE_SECONDS", 30.0),
             poll_seconds=_float_env("TUNEFORGE_POLL_SECONDS", 1.0),
             max_steps=_int_env("TUNEFORGE_MAX_STEPS", None),
@@ -103,6 +113,14 @@ class Settings:
         if os.environ.get("TUNEFORGE_BASE_MODELS"):
             settings.base_models = tuple(m.strip() for m in os.environ["TUNEFORGE_BASE_MODELS"].split(",") if m.strip())
         settings.python_graders = os.environ.get("TUNEFORGE_PYTHON_GRADERS", "0").lower() in ("1", "true", "yes")
+        settings.webhook_urls = _list_env("TUNEFORGE_WEBHOOK_URLS") or ()
+        settings.webhook_secret = os.environ.get("TUNEFORGE_WEBHOOK_SECRET") or None
+        settings.webhook_max_attempts = _int_env("TUNEFORGE_WEBHOOK_MAX_ATTEMPTS", settings.webhook_max_attempts)
+        settings.webhook_retry_seconds = _float_env("TUNEFORGE_WEBHOOK_RETRY_SECONDS", settings.webhook_retry_seconds)
+        settings.gpus = _list_env("TUNEFORGE_GPUS")
+        settings.gpus_per_worker = _int_env("TUNEFORGE_GPUS_PER_WORKER", None)
+        settings.inference_gpu = os.environ.get("TUNEFORGE_INFERENCE_GPU") or None
+        settings.max_cpu_processes = _int_env("TUNEFORGE_MAX_CPU_PROCESSES", settings.max_cpu_processes)
         for key, value in overrides.items():
             if value is not None:
                 setattr(settings, key, value)
@@ -113,14 +131,6 @@ class Settings:
     def files_dir(self) -> Path:
         return self.data_dir / "files"
 
-        settings.webhook_urls = _list_env("TUNEFORGE_WEBHOOK_URLS") or ()
-        settings.webhook_secret = os.environ.get("TUNEFORGE_WEBHOOK_SECRET") or None
-        settings.webhook_max_attempts = _int_env("TUNEFORGE_WEBHOOK_MAX_ATTEMPTS", settings.webhook_max_attempts)
-        settings.webhook_retry_seconds = _float_env("TUNEFORGE_WEBHOOK_RETRY_SECONDS", settings.webhook_retry_seconds)
-        settings.gpus = _list_env("TUNEFORGE_GPUS")
-        settings.gpus_per_worker = _int_env("TUNEFORGE_GPUS_PER_WORKER", None)
-        settings.inference_gpu = os.environ.get("TUNEFORGE_INFERENCE_GPU") or None
-        settings.max_cpu_processes = _int_env("TUNEFORGE_MAX_CPU_PROCESSES", settings.max_cpu_processes)
     @property
     def runs_dir(self) -> Path:
         return self.data_dir / "runs"
@@ -147,6 +157,9 @@ class Settings:
             "TUNEFORGE_TRAIN_COMMAND": json.dumps(self.train_command),
             "TUNEFORGE_VALIDATE_COMMAND": json.dumps(self.validate_command),
             "TUNEFORGE_INFERENCE_COMMAND": json.dumps(self.inference_command),
+            "TUNEFORGE_COMPARE_COMMAND": json.dumps(self.compare_command),
+            "TUNEFORGE_ESTIMATE": "1" if self.estimate else "0",
+            "TUNEFORGE_FORGETTING_POLICY": self.forgetting_policy,
             "TUNEFORGE_LEASE_SECONDS": str(self.lease_seconds),
             "TUNEFORGE_POLL_SECONDS": str(self.poll_seconds),
             "TUNEFORGE_MAX_UPLOAD_BYTES": str(self.max_upload_bytes),
@@ -159,6 +172,6 @@ class Settings:
         env["TUNEFORGE_SAVE_EVERY"] = str(self.save_every)
         env["TUNEFORGE_MAX_ATTEMPTS"] = str(self.max_attempts)
         env["TUNEFORGE_PYTHON_GRADERS"] = "1" if self.python_graders else "0"
-        return env
         # Devices are not passed on: `serve` gives each embedded worker its own share (devices.py).
         env["TUNEFORGE_MAX_CPU_PROCESSES"] = str(self.max_cpu_processes)
+        return env

@@ -52,6 +52,9 @@ class Org(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    # What happens to a fine-tune that fails the forgetting gate: "block" (the job fails, no model is
+    # published) or "publish" (the job succeeds and says plainly that the gate failed).
+    forgetting_policy: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class ApiKey(Base):
@@ -105,6 +108,14 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     idempotency_key: Mapped[str | None] = mapped_column(String(256), nullable=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # tuneforge's own: the create body's `tuneforge` options, where the base came from, the run's estimate
+    # and the evaluation after training (eval, forgetting, verdict).
+    options: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    grader: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # method reinforcement's
+    lineage: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    integrations: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    estimated_finish: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    evaluation: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class JobEvent(Base):
@@ -130,17 +141,6 @@ class JobCheckpoint(Base):
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL lets the API read while a worker writes; busy_timeout waits out the other process's lock.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
-
-
-def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
 class WebhookEvent(Base):
     """A job's final state to announce (webhooks.py), written in the transaction that made the state final."""
 
@@ -175,6 +175,17 @@ class WebhookDelivery(Base):
     delivered_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets the API read while a worker writes; busy_timeout waits out the other process's lock.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
     else:
@@ -182,7 +193,36 @@ class WebhookDelivery(Base):
     # create_all makes missing tables and never alters existing ones: a database from an older version keeps
     # the columns this model no longer declares (jobs.requested); they are nullable and never named, so harmless.
     Base.metadata.create_all(engine)
+    add_missing_columns(engine)
     return engine
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """Add the nullable columns a database written by an older version lacks (create_all never alters a
+    table), so an upgraded server opens the old database instead of failing on its first SELECT. Returns
+    "table.column" for each column added."""
+    from sqlalchemy import inspect, text
+
+    added = []
+    inspector = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable:
+                raise RuntimeError(f"the database's {table.name} table lacks the required column {column.name}")
+            kind = column.type.compile(dialect=engine.dialect)
+            try:
+                with engine.begin() as connection:
+                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+            except Exception:
+                # The API and the workers start together: another process may have added it first.
+                if column.name not in {c["name"] for c in inspect(engine).get_columns(table.name)}:
+                    raise
+                continue
+            added.append(f"{table.name}.{column.name}")
+    return added
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

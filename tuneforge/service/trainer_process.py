@@ -32,13 +32,19 @@ def prepare_run_dir(run_dir: Path) -> int | None:
 
 
 class Trainer:
-    """A running `tuneforge train` child, with its output in run_dir/train.log."""
+    """A running `tuneforge train` (or, after it, `tuneforge compare`) child, with its output in
+    run_dir/train.log (compare.log)."""
 
-    def __init__(self, command: list[str], run_dir: Path):
-        self.log_path = run_dir / "train.log"
+    def __init__(self, command: list[str], run_dir: Path, *, log_name: str = "train.log", env: dict | None = None):
+        self.log_path = run_dir / log_name
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent,
+                env=env,
             )
         self.term_sent_at: float | None = None
 
@@ -59,8 +65,8 @@ class Trainer:
         if code == 0:
             return None
         if code == 2:  # the trainer's usage / input error: its last line says what to fix
-            return {"code": "invalid_request", "param": None, "message": _last_line(self.log_path)}
-        message = f"Training crashed (exit {code}): {_last_line(self.log_path)}"
+            return {"code": "invalid_request", "param": None, "message": last_line(self.log_path)}
+        message = f"Training crashed (exit {code}): {last_line(self.log_path)}"
         return {"code": "training_failed", "param": None, "message": message}
 
 
@@ -74,7 +80,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def _last_line(path: Path) -> str:
+def last_line(path: Path) -> str:
     try:
         lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:

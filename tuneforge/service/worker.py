@@ -1,10 +1,13 @@
 """tuneforge worker [--data-dir DIR] [--database-url URL] [--once]: claims fine-tuning jobs from the store and
 runs them, one at a time (`tuneforge serve` starts embedded ones).
 
-For each job: validate its files (file_validation.py), run `tuneforge train ... --save-every N --resume auto`
-(training_command.py) as a child process in RUNS/<job id> (trainer_process.py), follow its metrics.jsonl
-into events and checkpoints (run_metrics.py), keep the job's lease alive, and stop the trainer with SIGTERM
-when the job is cancelled or paused; on success attach its result files (run_metrics.py). A job taken over from
+For each job: validate its files and time two training steps (file_validation.py: the job's estimated_finish),
+run `tuneforge train ... --save-every N --resume auto` (training_command.py) as a child process in
+RUNS/<job id> (trainer_process.py), follow its metrics.jsonl into events, checkpoints and a finish time that
+moves with the steps (run_metrics.py), keep the job's lease alive, and stop the trainer with SIGTERM when the
+job is cancelled or paused. Then `tuneforge compare` measures the fine-tune as a user would (held-out task
+against the base zero- and few-shot, forgetting with its gate); the report and its headline figures go on the
+job, and a fine-tune that fails the gate is published or not as the organisation chose (run_metrics.py). A job taken over from
 a dead worker (its lease ran out) continues from the run's last complete checkpoint; after `max_attempts`
 such takeovers it fails instead of crashing workers forever. Many workers (on many machines, with
 PostgreSQL) can share one store: each job is claimed by exactly one of them, and every change a worker makes
@@ -25,8 +28,15 @@ from pathlib import Path
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from tuneforge.service.file_validation import check_job_files
-from tuneforge.service.run_metrics import MetricsRecorder, MetricsTail, publish_results
+from tuneforge.service.file_validation import check_job_files, estimated_seconds
+from tuneforge.service.integrations import integration_env
+from tuneforge.service.run_metrics import (
+    MetricsRecorder,
+    MetricsTail,
+    evaluation_summary,
+    forgetting_policy,
+    publish_results,
+)
 from tuneforge.service.settings import Settings
 from tuneforge.service.store import (
     Job,
@@ -130,6 +140,8 @@ class Worker:
             finished_at=now(),
             **values,
         )
+        if finished:  # the webhook event commits with the final state, or neither does (webhooks.py)
+            record_job_event(session, job, status)
         session.commit()
         return finished
 
@@ -140,24 +152,34 @@ class Worker:
     def _validate(self, session: Session, job: Job) -> bool:
         add_event(session, job.id, f"Validating training file: {job.training_file}")
         session.commit()
-        if finished:  # the webhook event commits with the final state, or neither does (webhooks.py)
-            record_job_event(session, job, status)
-        n_examples, error = check_job_files(self.settings, job)
+        n_examples, report, error = check_job_files(self.settings, job)
         if error is not None:
             self._fail(session, job, error)
             return False
+        hyperparameters = resolve_hyperparameters(job.hyperparameters or {}, n_examples)
+        seconds = estimated_seconds(report, hyperparameters)
         queued = update_held_job(
             session,
             job_id=job.id,
             worker_id=self.worker_id,
             statuses=("validating_files",),
             status="queued",
-            hyperparameters=resolve_hyperparameters(job.hyperparameters or {}, n_examples),
+            hyperparameters=hyperparameters,
+            estimated_finish=now() + round(seconds) if seconds is not None else None,
         )
         if not queued:  # cancelled (or taken over) while we validated
             self._release(session, job)
             return False
         add_event(session, job.id, "Files validated, moving job to queued state")
+        if seconds is not None:
+            estimate = report["estimate"]
+            add_event(
+                session,
+                job.id,
+                f"Estimated training time: {seconds / 60:.1f} min on {estimate.get('device')}/{estimate.get('dtype')} "
+                f"(two steps timed, {estimate.get('seconds_per_token', 0) * 1000:.2f} ms/token)",
+                data={"estimated_seconds": round(seconds, 1), **estimate},
+            )
         session.commit()
         session.refresh(job)
         return True
@@ -187,8 +209,19 @@ class Worker:
         add_event(session, job.id, message)
         session.commit()
 
-        trainer = Trainer(train_command(self.settings, job, run_dir), run_dir)
+        parent = parent_weights(self.settings, job)
+        if parent is not None and not parent.is_dir():
+            self._fail(session, job, {"code": "invalid_model", "param": "model", "message": f"The model {job.model} "
+                                      "this job continues is gone (deleted, or a checkpoint pruned since the job was "
+                                      "created)."})
+            return
+        env = dict(os.environ, **integration_env(job.integrations or []))
+        trainer = Trainer(train_command(self.settings, job, run_dir), run_dir, env=env)
         stop_reason = self._watch(session, job, trainer, run_dir)
+        failure = trainer.failure() if stop_reason == "exited" else None
+        evaluation = None
+        if stop_reason == "exited" and failure is None:
+            evaluation, stop_reason = self._evaluate(session, job, run_dir)
         if stop_reason == "lost":
             return
         if stop_reason in ("cancelled", "paused", "shutdown"):
@@ -201,20 +234,41 @@ class Worker:
             else:
                 self._release(session, job, attempts=Job.attempts - 1)
             return
-        failure = trainer.failure()
         if failure is None:
-            self._succeed(session, job, run_dir)
+            self._succeed(session, job, run_dir, evaluation)
         else:
             self._fail(session, job, failure)
 
-    def _watch(self, session: Session, job: Job, trainer: Trainer, run_dir: Path) -> str:
-        """Until the trainer exits: tail metrics, renew the lease, obey cancel/pause. Returns why it ended."""
-        tail = MetricsTail(run_dir / "metrics.jsonl")
+    def _evaluate(self, session: Session, job: Job, run_dir: Path) -> tuple[dict | None, str]:
+        """`tuneforge compare` on the trained run; (the job's evaluation figures or None, why it ended)."""
+        command = compare_command(self.settings, job, run_dir)
+        if command is None:
+            return None, "exited"
+        add_event(session, job.id, "Evaluating the fine-tuned model: held-out task against the base model, and "
+                  "forgetting")
+        session.commit()
+        evaluator = Trainer(command, run_dir, log_name="compare.log")
+        reason = self._watch(session, job, evaluator, None)
+        if reason != "exited":
+            return None, reason
+        evaluation = evaluation_summary(run_dir, evaluator.process.returncode, evaluator.log_path)
+        level = "warn" if evaluation.get("error") or evaluation.get("passed") is False else "info"
+        message = f"Evaluation: {evaluation['verdict']}" if evaluation.get("verdict") else (
+            f"Evaluation failed: {evaluation.get('error')}")
+        add_event(session, job.id, message, level=level, type="message", data=evaluation)
+        session.commit()
+        return evaluation, "exited"
+
+    def _watch(self, session: Session, job: Job, trainer: Trainer, run_dir: Path | None) -> str:
+        """Until the child exits: tail metrics (run_dir None: none to tail), renew the lease, obey
+        cancel/pause. Returns why it ended."""
+        tail = MetricsTail(run_dir / "metrics.jsonl") if run_dir is not None else None
         recorder = MetricsRecorder(job_id=job.id, worker_id=self.worker_id, total_steps=self.settings.max_steps)
         reason = "exited"
         while True:
             exited = trainer.exited()
-            recorder.record(session, tail.read())
+            if tail is not None:
+                recorder.record(session, tail.read())
             if exited:
                 break
             current = renew_lease(session, job.id, self.worker_id, self.settings.lease_seconds)
@@ -229,8 +283,25 @@ class Worker:
             time.sleep(0.5)
         return reason
 
-    def _succeed(self, session: Session, job: Job, run_dir: Path) -> None:
-        if self._finish(session, job, "succeeded", **publish_results(session, self.settings, job, run_dir)):
+    def _succeed(self, session: Session, job: Job, run_dir: Path, evaluation: dict | None) -> None:
+        results = publish_results(session, self.settings, job, run_dir, evaluation)
+        if evaluation and evaluation.get("passed") is False:
+            policy = forgetting_policy(session, self.settings, job)
+            if policy == "block":
+                results.pop("fine_tuned_model")
+                error = {
+                    "code": "forgetting_gate_failed",
+                    "param": None,
+                    "message": f"The fine-tune forgot general ability and was not published (organisation policy: "
+                    f"block): {evaluation.get('verdict')}. The report is in the job's result files.",
+                }
+                if self._finish(session, job, "failed", error=error, **results):
+                    add_event(session, job.id, f"Fine-tuning job failed: {error['message']}", level="error")
+                    session.commit()
+                return
+            add_event(session, job.id, "The fine-tune FAILED the forgetting gate; published anyway (organisation "
+                      "policy: publish)", level="warn")
+        if self._finish(session, job, "succeeded", **results):
             add_event(session, job.id, f"New fine-tuned model created: {job.ft_name}")
             add_event(session, job.id, "The job has successfully completed")
             session.commit()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -13,21 +12,11 @@ from sqlalchemy import select
 from tuneforge.service.deps import OrgDep, SessionDep, SettingsDep
 from tuneforge.service.errors import APIError, not_found
 from tuneforge.service.inference_client import InferenceError
+from tuneforge.service.model_ids import find_model, published_job
 from tuneforge.service.schemas import ChatCompletionCreate, model_public
 from tuneforge.service.store import Job, new_id
 
 router = APIRouter(prefix="/v1")
-
-
-def _ft_job(session, org_id: str, model_id: str) -> Job | None:
-    return session.scalar(
-        select(Job).where(
-            Job.org_id == org_id,
-            Job.fine_tuned_model == model_id,
-            Job.status == "succeeded",
-            Job.model_deleted.is_(False),
-        )
-    )
 
 
 @router.get("/models")
@@ -44,19 +33,19 @@ def list_models(org: OrgDep, session: SessionDep, settings: SettingsDep) -> dict
 
 @router.get("/models/{model_id:path}")
 def retrieve_model(model_id: str, org: OrgDep, session: SessionDep, settings: SettingsDep) -> dict:
-    if model_id in settings.base_models:
-        return model_public(model_id, "tuneforge")
-    job = _ft_job(session, org.id, model_id)
-    if job is None:
+    ref = find_model(session, settings, org.id, model_id)
+    if ref is None:
         raise not_found("model", model_id, "model")
-    return model_public(model_id, org.name, job.finished_at or job.created_at)
+    if ref.job is None:
+        return model_public(model_id, "tuneforge")
+    return model_public(model_id, org.name, ref.job.finished_at or ref.job.created_at)
 
 
 @router.delete("/models/{model_id:path}")
 def delete_model(model_id: str, org: OrgDep, session: SessionDep, settings: SettingsDep) -> dict:
     if model_id in settings.base_models:
         raise APIError(403, f"Base model {model_id!r} cannot be deleted.", code="model_not_deletable", param="model")
-    job = _ft_job(session, org.id, model_id)
+    job = published_job(session, org.id, model_id)
     if job is None:
         raise not_found("model", model_id, "model")
     job.model_deleted = True
@@ -65,18 +54,17 @@ def delete_model(model_id: str, org: OrgDep, session: SessionDep, settings: Sett
 
 
 def _resolve(session, settings, org_id: str, model_id: str) -> tuple[str, str | None]:
-    """(base model, adapter dir or None) for a model id the caller may use."""
-    if model_id in settings.base_models:
-        return model_id, None
-    job = _ft_job(session, org_id, model_id)
-    if job is None:
+    """(base model, adapter dir or None) for a model id the caller may use: a base, an ft: model or one of
+    its checkpoints (model_ids.find_model)."""
+    ref = find_model(session, settings, org_id, model_id)
+    if ref is None:
         raise APIError(
             404,
             f"The model {model_id!r} does not exist or you do not have access to it.",
             code="model_not_found",
             param="model",
         )
-    return job.model, str(Path(settings.runs_dir) / job.id)
+    return ref.base, str(ref.weights) if ref.weights is not None else None
 
 
 def _chunk(

@@ -21,16 +21,19 @@ from sqlalchemy.exc import IntegrityError
 from tuneforge.service.deps import OrgDep, SessionDep, SettingsDep, page
 from tuneforge.service.errors import APIError, not_found
 from tuneforge.service.file_storage import find_file
+from tuneforge.service.integrations import parse_integrations
+from tuneforge.service.job_options import check_options
+from tuneforge.service.model_ids import checkpoint_on_disk, find_model, lineage_for
 from tuneforge.service.schemas import JobCreate, checkpoint_public, event_public, fine_tuned_name, job_public
 from tuneforge.service.store import TERMINAL_STATUSES, Job, JobCheckpoint, JobEvent, add_event, new_id, now
+from tuneforge.service.webhooks import record_job_event
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs")
 RETRY_WINDOW_SECONDS = 600
-from tuneforge.service.webhooks import record_job_event
+METADATA_PARAM = re.compile(r"^metadata\[(.*)\]$", re.DOTALL)
 
 
 def get_job(session, org_id: str, job_id: str) -> Job:
-METADATA_PARAM = re.compile(r"^metadata\[(.*)\]$", re.DOTALL)
     job = session.scalar(select(Job).where(Job.id == job_id, Job.org_id == org_id))
     if job is None:
         raise not_found("fine-tuning job", job_id, "fine_tuning_job_id")
@@ -90,10 +93,12 @@ def create_job(
     if existing is not None:
         return job_public(existing)
 
-    if body.model not in settings.base_models:
+    parent = find_model(session, settings, org.id, body.model)
+    if parent is None:
         raise APIError(
             400,
-            f"Model {body.model!r} is not available for fine-tuning; choose one of: {', '.join(settings.base_models)}.",
+            f"Model {body.model!r} is not available for fine-tuning; choose one of: "
+            f"{', '.join(settings.base_models)}, or a fine-tuned model (ft:...) or checkpoint of yours.",
             code="model_not_available",
             param="model",
         )
@@ -107,11 +112,20 @@ def create_job(
             param="hyperparameters",
         )
     method, hyperparameters = body.method_and_hyperparameters()
+    grader = None
+    if method == "reinforcement":
+        grader = _checked_grader(body, settings)
+    options = check_options(body.tuneforge, method)
+    lineage = lineage_for(parent)
     job_id = new_id("ftjob")
     job = Job(
         id=job_id,
         org_id=org.id,
         model=body.model,
+        lineage=lineage,
+        options=options,
+        grader=grader,
+        integrations=parse_integrations(body.integrations),
         training_file=body.training_file,
         validation_file=body.validation_file,
         method=method,
@@ -120,7 +134,7 @@ def create_job(
         seed=body.seed if body.seed is not None else random.randint(0, 2**31 - 1),
         job_metadata=body.metadata,
         status="validating_files",
-        ft_name=fine_tuned_name(body.model, org.name, body.suffix, job_id),
+        ft_name=fine_tuned_name(lineage["base_model"], org.name, body.suffix, job_id),
         result_files=[],
         created_at=now(),
         idempotency_key=idempotency_key,
@@ -138,38 +152,6 @@ def create_job(
             raise
         return job_public(existing)
     return job_public(job)
-
-
-@router.get("")
-def list_jobs(
-    org: OrgDep,
-    session: SessionDep,
-    after: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> dict:
-    query = select(Job).where(Job.org_id == org.id)
-    if after:
-        query = query.where(Job.seq < get_job(session, org.id, after).seq)
-    wanted = metadata_filter(request)
-    if wanted == {}:
-        rows = session.scalars(query.order_by(Job.seq.desc()).limit(limit + 1)).all()
-        return page([job_public(row) for row in rows[:limit]], len(rows) > limit)
-    # JSON paths are not portable (SQLite's json_extract misreads keys with quotes, backslashes or non-ASCII
-    # characters), so SQL only narrows: the column's text holds each pair as json.dumps wrote it, a LIKE that
-    # SQLite and PostgreSQL agree on. The exact test runs on the decoded dict, and the page fills from the rows
-    # that pass, so `limit`, `after` and `has_more` mean what they do unfiltered.
-    text = cast(Job.job_metadata, Text)
-    if wanted is None:
-        query = query.where(or_(Job.job_metadata.is_(None), text.in_(("null", "{}"))))
-    for key, value in (wanted or {}).items():
-        query = query.where(text.contains(json.dumps({key: value})[1:-1], autoescape=True))
-    rows = []
-    for row in session.scalars(query.order_by(Job.seq.desc()).execution_options(yield_per=200)):
-        if _metadata_matches(row.job_metadata, wanted):
-            rows.append(row)
-            if len(rows) > limit:
-                break
-    return page([job_public(row) for row in rows[:limit]], len(rows) > limit)
 
 
 def _checked_grader(body: JobCreate, settings) -> dict:
@@ -210,9 +192,41 @@ def _metadata_matches(metadata: dict | None, wanted: dict[str, str] | None) -> b
     return all(isinstance(metadata, dict) and metadata.get(key) == value for key, value in wanted.items())
 
 
+@router.get("")
+def list_jobs(
+    request: Request,
+    org: OrgDep,
+    session: SessionDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict:
+    query = select(Job).where(Job.org_id == org.id)
+    if after:
+        query = query.where(Job.seq < get_job(session, org.id, after).seq)
+    wanted = metadata_filter(request)
+    if wanted == {}:
+        rows = session.scalars(query.order_by(Job.seq.desc()).limit(limit + 1)).all()
+        return page([job_public(row) for row in rows[:limit]], len(rows) > limit)
+    # JSON paths are not portable (SQLite's json_extract misreads keys with quotes, backslashes or non-ASCII
+    # characters), so SQL only narrows: the column's text holds each pair as json.dumps wrote it, a LIKE that
+    # SQLite and PostgreSQL agree on. The exact test runs on the decoded dict, and the page fills from the rows
+    # that pass, so `limit`, `after` and `has_more` mean what they do unfiltered.
+    text = cast(Job.job_metadata, Text)
+    if wanted is None:
+        query = query.where(or_(Job.job_metadata.is_(None), text.in_(("null", "{}"))))
+    for key, value in (wanted or {}).items():
+        query = query.where(text.contains(json.dumps({key: value})[1:-1], autoescape=True))
+    rows = []
+    for row in session.scalars(query.order_by(Job.seq.desc()).execution_options(yield_per=200)):
+        if _metadata_matches(row.job_metadata, wanted):
+            rows.append(row)
+            if len(rows) > limit:
+                break
+    return page([job_public(row) for row in rows[:limit]], len(rows) > limit)
+
+
 @router.get("/{job_id}")
 def retrieve_job(job_id: str, org: OrgDep, session: SessionDep) -> dict:
-    request: Request,
     return job_public(get_job(session, org.id, job_id))
 
 
@@ -225,6 +239,7 @@ def cancel_job(job_id: str, org: OrgDep, session: SessionDep) -> dict:
     job.status = "cancelled"
     job.finished_at = now()
     add_event(session, job.id, "Fine-tuning job cancelled")
+    record_job_event(session, job, "cancelled")  # committed with the status (webhooks.py)
     session.commit()
     return job_public(job)
 
@@ -239,7 +254,6 @@ def pause_job(job_id: str, org: OrgDep, session: SessionDep) -> dict:
     job.status = "paused"
     add_event(session, job.id, "Fine-tuning job paused")
     session.commit()
-    record_job_event(session, job, "cancelled")  # committed with the status (webhooks.py)
     return job_public(job)
 
 
@@ -278,6 +292,7 @@ def list_checkpoints(
     job_id: str,
     org: OrgDep,
     session: SessionDep,
+    settings: SettingsDep,
     after: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> dict:
@@ -288,5 +303,10 @@ def list_checkpoints(
         if cursor is None:
             raise not_found("checkpoint", after, "after")
         query = query.where(JobCheckpoint.seq < cursor.seq)
-    rows = session.scalars(query.order_by(JobCheckpoint.seq.desc()).limit(limit + 1)).all()
+    # The trainer keeps only its newest checkpoints: a row whose folder was pruned is no longer a model.
+    rows = [
+        row
+        for row in session.scalars(query.order_by(JobCheckpoint.seq.desc())).all()
+        if checkpoint_on_disk(settings, job, row.step_number)
+    ][: limit + 1]
     return page([checkpoint_public(row, job) for row in rows[:limit]], len(rows) > limit)
