@@ -25,7 +25,8 @@ BASE = "smollm2-135m-instruct"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    server = Server(root / "data", workers=1, env=fake_env(FAKE_STEP_SECONDS="0.3")).start()
+    env = fake_env(FAKE_STEP_SECONDS="0.3", TUNEFORGE_GPUS="none", TUNEFORGE_MAX_CPU_PROCESSES="2")
+    server = Server(root / "data", workers=1, env=env).start()
     server.keys = {"acme": server.create_key("acme")}
     yield server
     server.stop()
@@ -206,6 +207,19 @@ def test_tuneforge_options_reach_the_trainer_and_bad_ones_are_400s_naming_the_ke
     # A key its method never reads is an error, as on the command line.
     assert refused({"loss_type": "ipo"})["param"] == "tuneforge.loss_type"
     assert refused({"on_forgetting_failure": "maybe"})["param"] == "tuneforge.on_forgetting_failure"
+
+
+def test_a_job_gets_the_processes_it_asks_for_or_fails_saying_why(server, sdk, tmp_path):
+    training = upload(sdk, tmp_path / "train.jsonl", chat_rows(12))
+    two = sdk.fine_tuning.jobs.create(model=BASE, training_file=training.id,
+                                      extra_body={"tuneforge": {"n_processes": 2, "evaluate": False}})
+    assert finished(sdk, two.id).status == "succeeded"
+    argv = trainer_argv(server, two.id)
+    assert argv[argv.index("--nproc") + 1] == "2"  # tuneforge train --nproc 2: torchrun
+    three = finished(sdk, sdk.fine_tuning.jobs.create(
+        model=BASE, training_file=training.id, extra_body={"tuneforge": {"n_processes": 3}}).id)
+    assert three.status == "failed" and three.error.code == "insufficient_devices"
+    assert three.error.param == "tuneforge.n_processes" and "no GPU and allows 2 CPU" in three.error.message
 
 
 def test_a_reinforcement_job_trains_grpo_with_its_grader(server, sdk, tmp_path):

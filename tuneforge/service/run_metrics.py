@@ -134,9 +134,12 @@ class MetricsRecorder:
 
     def _validation(self, session: Session, record: dict) -> None:
         step = record.get("step")
-        self.valid_loss = record.get("valid_loss")
-        message = f"Step {step}: validation loss={_fmt(self.valid_loss)}"
-        add_event(session, self.job_id, message, type="metrics", data={"step": step, "valid_loss": self.valid_loss})
+        # Each method measures its own: SFT a loss, DPO a loss and preference accuracy, GRPO a held-out reward.
+        figures = {k: v for k, v in record.items() if k not in ("type", "step") and isinstance(v, int | float)}
+        self.valid_loss = record.get("valid_loss", self.valid_loss)
+        shown = ", ".join(f"validation {k.removeprefix('valid_').replace('_', ' ')}={_fmt(v)}" for k, v in figures.items())
+        message = f"Step {step}: {shown or 'validation'}"
+        add_event(session, self.job_id, message, type="metrics", data={"step": step, **figures})
 
     def _checkpoint(self, session: Session, record: dict) -> None:
         step = record.get("step")

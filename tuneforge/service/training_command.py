@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tuneforge.config import TrainConfig
 from tuneforge.data.validate import TARGET_EPOCHS, auto_epochs
+from tuneforge.service.devices import nproc_args
 from tuneforge.service.file_storage import file_path
 from tuneforge.service.integrations import integration_overrides
 from tuneforge.service.job_options import TRAINER_METHODS, gates, is_full, trainer_overrides
@@ -89,8 +90,7 @@ def train_command(settings: Settings, job: Job, run_dir: Path, *, n_processes: i
         "--seed",
         str(job.seed),
     ]
-    if n_processes > 1:
-        command += ["--nproc", str(n_processes)]
+    command += nproc_args(n_processes)
     if job.validation_file:
         command += ["--validation-data", str(file_path(settings, job.validation_file))]
     if isinstance(hyper.get("n_epochs"), int):

@@ -28,6 +28,7 @@ from pathlib import Path
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from tuneforge.service.devices import check_processes, worker_devices
 from tuneforge.service.file_validation import check_job_files, estimated_seconds
 from tuneforge.service.integrations import integration_env
 from tuneforge.service.run_metrics import (
@@ -215,8 +216,16 @@ class Worker:
                                       "this job continues is gone (deleted, or a checkpoint pruned since the job was "
                                       "created)."})
             return
+        n_processes = int((job.options or {}).get("n_processes", 1))
+        refusal = check_processes(n_processes, worker_devices(self.settings),
+                                  max_cpu_processes=self.settings.max_cpu_processes)
+        if refusal is not None:
+            self._fail(session, job, {"code": "insufficient_devices", "param": "tuneforge.n_processes",
+                                      "message": f"This worker cannot run the job: {refusal}."})
+            return
         env = dict(os.environ, **integration_env(job.integrations or []))
-        trainer = Trainer(train_command(self.settings, job, run_dir), run_dir, env=env)
+        command = train_command(self.settings, job, run_dir, n_processes=n_processes)
+        trainer = Trainer(command, run_dir, env=env)
         stop_reason = self._watch(session, job, trainer, run_dir)
         failure = trainer.failure() if stop_reason == "exited" else None
         evaluation = None
