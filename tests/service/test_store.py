@@ -7,7 +7,17 @@ from sqlalchemy import select, text
 from test_flow import fresh_database
 
 from tuneforge.service.settings import Settings
-from tuneforge.service.store import Job, Org, claim_job, make_engine, make_sessionmaker, renew_lease, update_held_job
+from tuneforge.service.store import (
+    Job,
+    Org,
+    add_missing_columns,
+    claim_job,
+    make_engine,
+    make_sessionmaker,
+    renew_lease,
+    transition_job,
+    update_held_job,
+)
 
 pytestmark = pytest.mark.service
 
@@ -77,3 +87,39 @@ def test_a_database_that_still_has_the_removed_jobs_requested_column_works(datab
         rows = session.execute(text("SELECT id, status, requested FROM jobs ORDER BY seq")).all()
     engine.dispose()
     assert [tuple(row) for row in rows] == [("ftjob-old", "failed", "cancel"), ("ftjob-new", "failed", None)]
+
+
+def test_a_users_status_change_never_overwrites_a_job_the_worker_finished(database_url):
+    """The cancel route read the job as running; the worker then finished it. The cancel must not land."""
+    engine = make_engine(database_url)
+    sessions = make_sessionmaker(engine)
+    with sessions() as route, sessions() as worker:
+        add_job(route)
+        seen_by_route = route.scalar(select(Job).where(Job.id == "ftjob-1"))
+        assert seen_by_route.status == "validating_files"
+        worker.execute(text("UPDATE jobs SET status = 'succeeded' WHERE id = 'ftjob-1'"))
+        worker.commit()
+        active = ("validating_files", "queued", "running", "paused")
+        assert not transition_job(route, job_id="ftjob-1", statuses=active, status="cancelled")
+        route.commit()
+        assert route.scalar(text("SELECT status FROM jobs WHERE id = 'ftjob-1'")) == "succeeded"
+        assert transition_job(route, job_id="ftjob-1", statuses=("succeeded",), status="failed")
+        route.commit()
+        assert worker.scalar(text("SELECT status FROM jobs WHERE id = 'ftjob-1'")) == "failed"
+    engine.dispose()
+
+
+def test_a_database_of_an_older_version_gains_the_new_nullable_columns(database_url):
+    """create_all never alters a table: make_engine adds the columns a newer version declares (job options,
+    lineage, evaluation, ...) to a database written before them, on both databases."""
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE jobs DROP COLUMN evaluation"))
+        connection.execute(text("ALTER TABLE orgs DROP COLUMN forgetting_policy"))
+    engine.dispose()
+    engine = make_engine(database_url)
+    with make_sessionmaker(engine)() as session:
+        job = add_job(session)
+        assert session.get(Org, "org-1").forgetting_policy is None and job.evaluation is None
+    assert add_missing_columns(engine) == []  # nothing left to add
+    engine.dispose()

@@ -23,42 +23,49 @@ from tuneforge.service.training_command import trainer_method
 VALIDATE_TIMEOUT_SECONDS = 600
 
 
-def check_job_files(settings: Settings, job: Job) -> tuple[int | None, dict, dict | None]:
-    """(the number of training examples, the training file's report, None) when the job's files are fit to
-    train on, else (None, {}, the job's error) for the first file that is not."""
-    n_examples, training_report = None, {}
+def check_job_files(settings: Settings, job: Job) -> tuple[int | None, dict | None]:
+    """(the number of training examples, None) when the job's files are fit to train on, else (None, the job's
+    error) for the first file that is not."""
+    n_examples = None
     for param, file_id in (("training_file", job.training_file), ("validation_file", job.validation_file)):
         if file_id is None:
             continue
         path = file_path(settings, file_id)
         if not path.exists():
-            error = {"code": "invalid_file", "param": param, "message": f"The {param} {file_id} no longer exists."}
-            return None, {}, error
-        estimate = settings.estimate and param == "training_file"
-        report, problem = run_validator(settings.validate_command, path, method=trainer_method(job.method), param=param,
-                                        estimate=estimate, model=runs_on(job))
+            return None, {"code": "invalid_file", "param": param, "message": f"The {param} {file_id} no longer exists."}
+        report, problem = run_validator(settings.validate_command, path, method=trainer_method(job.method),
+                                        param=param, model=runs_on(job))
         if problem:
-            return None, {}, {"code": "validation_unavailable", "param": param, "message": problem}
+            return None, {"code": "validation_unavailable", "param": param, "message": problem}
         if not report.get("ok", False):
-            return None, {}, validation_error(report, param)
+            return None, validation_error(report, param)
         if param == "training_file":
-            n_examples, training_report = report.get("n_examples"), report
-    return n_examples, training_report, None
+            n_examples = report.get("n_examples")
+    return n_examples, None
 
 
-def estimated_seconds(report: dict, hyperparameters: dict) -> float | None:
-    """Training seconds for the job's epochs, from the validator's measured estimate (made for its own
-    epoch count: the time scales with the tokens trained, so with the epochs); None without an estimate."""
-    estimate = (report or {}).get("estimate") or {}
-    seconds, epochs = estimate.get("train_seconds"), estimate.get("epochs")
-    if not isinstance(seconds, int | float) or not isinstance(epochs, int | float) or epochs <= 0:
+def measure_estimate(settings: Settings, job: Job, hyperparameters: dict) -> dict | None:
+    """The validator's measured estimate for the run the job will be (its epochs, batch size, model and
+    options): two training steps timed on this machine. None when estimates are off or it could not measure;
+    an estimate is advice, so its failure never fails the job."""
+    if not settings.estimate:
         return None
-    n_epochs = hyperparameters.get("n_epochs")
-    return float(seconds) * (float(n_epochs) / float(epochs) if isinstance(n_epochs, int | float) else 1.0)
+    extra = []
+    for flag, key in (("--epochs", "n_epochs"), ("--batch-size", "batch_size")):
+        if isinstance(hyperparameters.get(key), int | float):
+            extra += [flag, str(hyperparameters[key])]
+    max_length = (job.options or {}).get("max_length")
+    if isinstance(max_length, int):
+        extra += ["--max-length", str(max_length)]
+    report, problem = run_validator(settings.validate_command, file_path(settings, job.training_file),
+                                    method=trainer_method(job.method), param="training_file", estimate=True,
+                                    model=runs_on(job), extra=extra)
+    estimate = report.get("estimate") or {}
+    return estimate if problem is None and isinstance(estimate.get("train_seconds"), int | float) else None
 
 
 def run_validator(validate_command: list[str], path: Path, *, method: str, param: str, estimate: bool = False,
-                  model: str | None = None) -> tuple[dict, str | None]:
+                  model: str | None = None, extra: list[str] | None = None) -> tuple[dict, str | None]:
     """(report, None), or ({}, why the validator could not give one). The training file needs the trainer's
     minimum number of examples; a validation file needs one. `estimate` also times two training steps on
     `model` (the report's "estimate"; a failed estimate is reported in it, not as a failure)."""
@@ -66,7 +73,7 @@ def run_validator(validate_command: list[str], path: Path, *, method: str, param
     command = [*validate_command, str(path), "--json", "--estimate" if estimate else "--no-estimate", "--method", method]
     if model:
         command += ["--model", model]
-    command += ["--min-examples", str(min_examples)]
+    command += ["--min-examples", str(min_examples), *(extra or [])]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=VALIDATE_TIMEOUT_SECONDS)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -290,6 +290,18 @@ def update_held_job(
     return result.rowcount == 1
 
 
+def transition_job(session: Session, *, job_id: str, statuses: tuple[str, ...], **values) -> bool:
+    """A user's change of a job's status (cancel, pause, resume): set `values` only while the job is still in
+    one of `statuses`; True when it was. Does not commit. The conditional UPDATE is the arbiter, as in
+    update_held_job: the worker may have finished the job since the route read it, and a finished job must
+    not turn into a cancelled one (nor send two webhooks)."""
+    result = session.execute(
+        update(Job).where(Job.id == job_id, Job.status.in_(statuses)).values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1
+
+
 def renew_lease(session: Session, job_id: str, worker_id: str, lease_seconds: float) -> Job | None:
     """Extend our lease; None when the job is no longer ours (another worker took it over). Commits."""
     held = update_held_job(session, job_id=job_id, worker_id=worker_id, lease_expires_at=time.time() + lease_seconds)

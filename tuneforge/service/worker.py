@@ -29,7 +29,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from tuneforge.service.devices import check_processes, worker_devices
-from tuneforge.service.file_validation import check_job_files, estimated_seconds
+from tuneforge.service.file_validation import check_job_files, measure_estimate
 from tuneforge.service.integrations import integration_env
 from tuneforge.service.run_metrics import (
     MetricsRecorder,
@@ -153,12 +153,13 @@ class Worker:
     def _validate(self, session: Session, job: Job) -> bool:
         add_event(session, job.id, f"Validating training file: {job.training_file}")
         session.commit()
-        n_examples, report, error = check_job_files(self.settings, job)
+        n_examples, error = check_job_files(self.settings, job)
         if error is not None:
             self._fail(session, job, error)
             return False
         hyperparameters = resolve_hyperparameters(job.hyperparameters or {}, n_examples)
-        seconds = estimated_seconds(report, hyperparameters)
+        estimate = measure_estimate(self.settings, job, hyperparameters)
+        seconds = estimate["train_seconds"] if estimate else None
         queued = update_held_job(
             session,
             job_id=job.id,
@@ -172,14 +173,13 @@ class Worker:
             self._release(session, job)
             return False
         add_event(session, job.id, "Files validated, moving job to queued state")
-        if seconds is not None:
-            estimate = report["estimate"]
+        if estimate is not None:
             add_event(
                 session,
                 job.id,
                 f"Estimated training time: {seconds / 60:.1f} min on {estimate.get('device')}/{estimate.get('dtype')} "
                 f"(two steps timed, {estimate.get('seconds_per_token', 0) * 1000:.2f} ms/token)",
-                data={"estimated_seconds": round(seconds, 1), **estimate},
+                data=estimate,
             )
         session.commit()
         session.refresh(job)

@@ -25,7 +25,7 @@ from tuneforge.service.integrations import parse_integrations
 from tuneforge.service.job_options import check_options
 from tuneforge.service.model_ids import checkpoint_on_disk, find_model, lineage_for
 from tuneforge.service.schemas import JobCreate, checkpoint_public, event_public, fine_tuned_name, job_public
-from tuneforge.service.store import TERMINAL_STATUSES, Job, JobCheckpoint, JobEvent, add_event, new_id, now
+from tuneforge.service.store import Job, JobCheckpoint, JobEvent, add_event, new_id, now, transition_job
 from tuneforge.service.webhooks import record_job_event
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs")
@@ -230,15 +230,28 @@ def retrieve_job(job_id: str, org: OrgDep, session: SessionDep) -> dict:
     return job_public(get_job(session, org.id, job_id))
 
 
+CANCELLABLE_STATUSES = ("validating_files", "queued", "running", "paused")
+
+
+def _transition(session, job: Job, statuses: tuple[str, ...], event: str, *, code: str, refusal: str, **values) -> None:
+    """Move the job out of one of `statuses` and add `event`, or answer 409 (`refusal` formatted with the
+    status the job is in now). Does not commit."""
+    if job.status in statuses and transition_job(session, job_id=job.id, statuses=statuses, **values):
+        add_event(session, job.id, event)
+        return
+    session.rollback()
+    session.refresh(job)  # the worker may have moved it since we read it: say what it is now
+    raise APIError(409, refusal.format(job_id=job.id, status=job.status), code=code)
+
+
 @router.post("/{job_id}/cancel")
 def cancel_job(job_id: str, org: OrgDep, session: SessionDep) -> dict:
     job = get_job(session, org.id, job_id)
-    if job.status in TERMINAL_STATUSES:
-        raise APIError(409, f"Job {job_id} has already {job.status}; it cannot be cancelled.", code="job_not_active")
     # The worker holding the job sees the new status at its next heartbeat and stops the trainer.
-    job.status = "cancelled"
-    job.finished_at = now()
-    add_event(session, job.id, "Fine-tuning job cancelled")
+    _transition(session, job, CANCELLABLE_STATUSES, "Fine-tuning job cancelled", code="job_not_active",
+                refusal="Job {job_id} has already {status}; it cannot be cancelled.", status="cancelled",
+                finished_at=now())
+    session.refresh(job)
     record_job_event(session, job, "cancelled")  # committed with the status (webhooks.py)
     session.commit()
     return job_public(job)
@@ -247,24 +260,20 @@ def cancel_job(job_id: str, org: OrgDep, session: SessionDep) -> dict:
 @router.post("/{job_id}/pause")
 def pause_job(job_id: str, org: OrgDep, session: SessionDep) -> dict:
     job = get_job(session, org.id, job_id)
-    if job.status not in ("queued", "running"):
-        raise APIError(
-            409, f"Only queued or running jobs can be paused; job {job_id} is {job.status}.", code="job_not_pausable"
-        )
-    job.status = "paused"
-    add_event(session, job.id, "Fine-tuning job paused")
+    _transition(session, job, ("queued", "running"), "Fine-tuning job paused", code="job_not_pausable",
+                refusal="Only queued or running jobs can be paused; job {job_id} is {status}.", status="paused")
     session.commit()
+    session.refresh(job)
     return job_public(job)
 
 
 @router.post("/{job_id}/resume")
 def resume_job(job_id: str, org: OrgDep, session: SessionDep) -> dict:
     job = get_job(session, org.id, job_id)
-    if job.status != "paused":
-        raise APIError(409, f"Only paused jobs can be resumed; job {job_id} is {job.status}.", code="job_not_paused")
-    job.status = "queued"
-    add_event(session, job.id, "Fine-tuning job resumed")
+    _transition(session, job, ("paused",), "Fine-tuning job resumed", code="job_not_paused",
+                refusal="Only paused jobs can be resumed; job {job_id} is {status}.", status="queued")
     session.commit()
+    session.refresh(job)
     return job_public(job)
 
 
