@@ -1,4 +1,9 @@
-"""/ : the dashboard (static HTML + JS, no CDN); it calls the same /v1 API with the user's key."""
+"""/ : the dashboard (static HTML + JS, no CDN); it calls the same /v1 API with the user's key.
+
+Its pages are built without innerHTML; the Content-Security-Policy is the second wall against stored XSS:
+scripts only from this server, no inline script, no plugins, and the evaluation report (an HTML page made from
+user data) is shown in a sandboxed frame.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,19 @@ from fastapi.responses import FileResponse
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 router = APIRouter()
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 
 
 @router.get("/", include_in_schema=False)
 def index() -> FileResponse:
-    return FileResponse(STATIC / "index.html", media_type="text/html")
+    return FileResponse(
+        STATIC / "index.html",
+        media_type="text/html",
+        headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Content-Type-Options": "nosniff"},
+    )
 
 
 @router.get("/static/{name}", include_in_schema=False)
