@@ -63,6 +63,9 @@ class Settings:
     inference_command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "tuneforge.service.inference"])
     # After training, each job is measured as `tuneforge compare` measures a run (held-out task, forgetting).
     compare_command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "tuneforge", "compare"])
+    # The dashboard's tools (routes/tools.py): the loss-mask preview of an upload, and exports of a fine-tune.
+    preview_command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "tuneforge", "preview"])
+    export_command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "tuneforge", "export"])
     # The validator also times two training steps so a job's estimated_finish is measured, not guessed.
     estimate: bool = True
     # A fine-tune that fails the forgetting gate: "block" (the job fails, nothing is published) or "publish"
@@ -102,6 +105,8 @@ class Settings:
             validate_command=_command_from_env("TUNEFORGE_VALIDATE_COMMAND", cls().validate_command),
             inference_command=_command_from_env("TUNEFORGE_INFERENCE_COMMAND", cls().inference_command),
             compare_command=_command_from_env("TUNEFORGE_COMPARE_COMMAND", cls().compare_command),
+            preview_command=_command_from_env("TUNEFORGE_PREVIEW_COMMAND", cls().preview_command),
+            export_command=_command_from_env("TUNEFORGE_EXPORT_COMMAND", cls().export_command),
             estimate=os.environ.get("TUNEFORGE_ESTIMATE", "1") not in ("0", "false", "no"),
             forgetting_policy=os.environ.get("TUNEFORGE_FORGETTING_POLICY") or "block",
             lease_seconds=_float_env("TUNEFORGE_LEASE_SECONDS", 30.0),
@@ -158,6 +163,8 @@ class Settings:
             "TUNEFORGE_VALIDATE_COMMAND": json.dumps(self.validate_command),
             "TUNEFORGE_INFERENCE_COMMAND": json.dumps(self.inference_command),
             "TUNEFORGE_COMPARE_COMMAND": json.dumps(self.compare_command),
+            "TUNEFORGE_PREVIEW_COMMAND": json.dumps(self.preview_command),
+            "TUNEFORGE_EXPORT_COMMAND": json.dumps(self.export_command),
             "TUNEFORGE_ESTIMATE": "1" if self.estimate else "0",
             "TUNEFORGE_FORGETTING_POLICY": self.forgetting_policy,
             "TUNEFORGE_LEASE_SECONDS": str(self.lease_seconds),

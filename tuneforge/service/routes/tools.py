@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -31,7 +30,6 @@ from tuneforge.service.file_storage import file_path
 from tuneforge.service.file_validation import run_validator
 from tuneforge.service.routes.files import get_file
 from tuneforge.service.routes.jobs import get_job
-from tuneforge.service.settings import _command_from_env
 from tuneforge.service.store import Job
 from tuneforge.service.training_command import trainer_method
 
@@ -47,16 +45,6 @@ NOT_THE_MODEL = {"checkpoints", "exports", "metrics.jsonl", "train.log", "pid", 
 Method = Literal["supervised", "dpo", "reinforcement"]
 _export_locks: dict[tuple[str, str], threading.Lock] = {}
 _export_locks_guard = threading.Lock()
-
-
-def preview_command() -> list[str]:
-    """`tuneforge preview`, or what TUNEFORGE_PREVIEW_COMMAND names (tests swap in a stand-in)."""
-    return _command_from_env("TUNEFORGE_PREVIEW_COMMAND", [sys.executable, "-m", "tuneforge", "preview"])
-
-
-def export_command() -> list[str]:
-    """`tuneforge export`, or what TUNEFORGE_EXPORT_COMMAND names."""
-    return _command_from_env("TUNEFORGE_EXPORT_COMMAND", [sys.executable, "-m", "tuneforge", "export"])
 
 
 # --- files: validation report and loss-mask preview, before any job exists ---------------------------------
@@ -97,7 +85,7 @@ def preview_file(
     stored = get_file(session, org.id, file_id)
     path = _stored_path(settings, file_id)
     # preview's --method: dpo shows a chosen and a rejected sequence; other rows render as chat.
-    command = [*preview_command(), str(path), "--json", "--n", str(n), "--method", "dpo" if method == "dpo" else "sft"]
+    command = [*settings.preview_command, str(path), "--json", "--n", str(n), "--method", "dpo" if method == "dpo" else "sft"]
     base = _tokenizer_model(settings, model)
     if base is not None:
         command += ["--model", base]
@@ -165,20 +153,20 @@ def export_job(
     served = exports / ("model.gguf" if format == "gguf" else "merged.zip")
     with _export_lock(job.id, format):
         if not served.exists():
-            _export(run_dir, exports, format, served)
+            _export(settings.export_command, run_dir, exports, format, served)
     if format == "gguf":
         return FileResponse(served, media_type="application/octet-stream", filename=f"{_file_stem(job)}.gguf")
     return FileResponse(served, media_type="application/zip", filename=f"{_file_stem(job)}-merged.zip")
 
 
-def _export(run_dir: Path, exports: Path, format: str, served: Path) -> None:  # noqa: A002
+def _export(export_command: list[str], run_dir: Path, exports: Path, format: str, served: Path) -> None:  # noqa: A002
     """Run the export into a staging folder and move its result into place, so a failed or interrupted export
     leaves nothing that a later call would serve."""
     exports.mkdir(parents=True, exist_ok=True)
     staging = exports / f".{format}-{os.getpid()}-{threading.get_ident()}"
     shutil.rmtree(staging, ignore_errors=True)
     output = staging / "model.gguf" if format == "gguf" else staging / "merged"
-    command = [*export_command(), "--adapter", str(run_dir), "--format", EXPORT_FORMATS[format], "--output", str(output)]
+    command = [*export_command, "--adapter", str(run_dir), "--format", EXPORT_FORMATS[format], "--output", str(output)]
     try:
         staging.mkdir()
         done = _run(command, EXPORT_TIMEOUT_SECONDS, "export")
