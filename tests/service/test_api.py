@@ -180,7 +180,7 @@ def test_full_job_on_fake_trainer_with_sdk(sdk, http, tmp_path):
     assert job.hyperparameters.batch_size == "auto"
     job = wait_for(lambda: (j := sdk.fine_tuning.jobs.retrieve(job.id)).status == "succeeded" and j)
     assert job.fine_tuned_model == f"ft:{BASE}:acme:demo:{job.id.removeprefix('ftjob-')[:8]}"
-    assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == 1
+    assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == 8  # the trainer's default
     assert job.hyperparameters.learning_rate_multiplier == 2 and job.seed == 7 and job.metadata == {"team": "a"}
     assert job.trained_tokens == 60 and job.finished_at and job.error is None
 
@@ -237,7 +237,7 @@ def test_auto_hyperparameters_are_reported_as_the_values_the_run_used(sdk, tmp_p
     job = wait_for(lambda: (j := sdk.fine_tuning.jobs.retrieve(job.id)).status == "succeeded" and j)
     # OpenAI's rule for 20 examples: 3 epochs would see only 60 examples, so 100 // 20.
     assert job.hyperparameters.n_epochs == auto_epochs(20) == 5
-    assert job.hyperparameters.batch_size == 1 and job.hyperparameters.learning_rate_multiplier == 1.0
+    assert job.hyperparameters.batch_size == 8 and job.hyperparameters.learning_rate_multiplier == 1.0
 
 
 def test_other_orgs_see_404_for_everything(server, sdk, tmp_path):

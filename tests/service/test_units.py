@@ -87,6 +87,9 @@ def test_auto_hyperparameters_resolve_and_errors_name_the_line():
     assert resolve_hyperparameters(
         {"n_epochs": "auto", "batch_size": 4, "learning_rate_multiplier": "auto", "beta": "auto"}, 100
     ) == {"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 1.0, "beta": 0.1}
+    # An auto batch is the trainer's own default (8), or the whole file when it is smaller.
+    assert resolve_hyperparameters({"batch_size": "auto"}, 400)["batch_size"] == TrainConfig().batch_size == 8
+    assert resolve_hyperparameters({"batch_size": "auto"}, 5)["batch_size"] == 5
     error = validation_error(
         {"errors": [{"line": 7, "code": "empty_content", "message": "assistant turn is empty"}]}, "training_file"
     )
