@@ -232,11 +232,13 @@ def test_a_reinforcement_job_trains_grpo_with_its_grader(server, sdk, tmp_path):
         training_file=training.id,
         method={"type": "reinforcement", "reinforcement": {"grader": grader,
                                                             "hyperparameters": {"compute_multiplier": 2}}},
+        extra_body={"tuneforge": {"max_new_tokens": 16, "kl_beta": 0.02}},  # GRPO's own keys
     )
     assert job.method.type == "reinforcement" and job.method.reinforcement.grader.type == "string_check"
     job = finished(sdk, job.id)
     argv = trainer_argv(server, job.id)
     assert argv[argv.index("--method") + 1] == "grpo" and "group_size=8" in argv
+    assert {"max_new_tokens=16", "kl_beta=0.02"} <= set(argv)
     grader_file = next(a for a in argv if a.startswith("grader=")).removeprefix("grader=")
     assert json.loads(open(grader_file).read())["reference"] == "{{item.reference_answer}}"
 

@@ -95,8 +95,12 @@ def check_options(raw: dict | None, method: str) -> dict:
             raise _refuse(key, f"tuneforge.{key}: expected a single value, got {type(value).__name__}")
     trainer_keys = {k: v for k, v in options.items() if k in FIELDS}
     try:
-        # A stand-in file name: the checks are of the settings, the job's own file is checked when it runs.
-        build_config({"data": "training_file", "method": TRAINER_METHODS[method], **trainer_keys})
+        # Stand-in file names: the checks are of the settings; the job's own files (and a reinforcement job's
+        # grader, checked by the create route) are the worker's to pass.
+        stand_ins = {"data": "training_file", "method": TRAINER_METHODS[method]}
+        if method == "reinforcement":
+            stand_ins["grader"] = "grader.json"
+        build_config({**stand_ins, **trainer_keys})
     except UserError as exc:
         message = exc.bare_message.removeprefix("config: ")
         named = next((k for k in trainer_keys if re.search(rf"\b{re.escape(k)}\b", message)), None)
