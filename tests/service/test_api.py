@@ -179,7 +179,7 @@ def test_full_job_on_fake_trainer_with_sdk(sdk, http, tmp_path):
     assert job.id.startswith("ftjob-") and job.status == "validating_files"
     assert job.hyperparameters.batch_size == "auto"
     job = wait_for(lambda: (j := sdk.fine_tuning.jobs.retrieve(job.id)).status == "succeeded" and j)
-    assert job.fine_tuned_model == f"ft:{BASE}:acme:demo:{job.id.removeprefix('ftjob-')[:8]}"
+    assert job.fine_tuned_model == f"ft:{BASE}:acme:demo:{job.id.removeprefix('ftjob-')}"
     assert job.hyperparameters.n_epochs == 2 and job.hyperparameters.batch_size == 8  # the trainer's default
     assert job.hyperparameters.learning_rate_multiplier == 2 and job.seed == 7 and job.metadata == {"team": "a"}
     assert job.trained_tokens == 60 and job.finished_at and job.error is None

@@ -138,9 +138,9 @@ def test_adapter_zip_holds_the_fine_tune_and_nothing_of_the_run(http, server, tm
     assert http.get(f"/v1/tuneforge/jobs/{job['id']}/adapter").content == answer.content  # served from its cache
 
     with client(server, "other") as other:
-        assert_error(other.get(f"/v1/tuneforge/jobs/{job['id']}/adapter"), 404, "fine-tuning_job_not_found")
-        assert_error(other.post(f"/v1/tuneforge/jobs/{job['id']}/export"), 404, "fine-tuning_job_not_found")
-    assert_error(http.get("/v1/tuneforge/jobs/ftjob-nope/adapter"), 404, "fine-tuning_job_not_found")
+        assert_error(other.get(f"/v1/tuneforge/jobs/{job['id']}/adapter"), 404, "fine_tuning_job_not_found")
+        assert_error(other.post(f"/v1/tuneforge/jobs/{job['id']}/export"), 404, "fine_tuning_job_not_found")
+    assert_error(http.get("/v1/tuneforge/jobs/ftjob-nope/adapter"), 404, "fine_tuning_job_not_found")
 
     running = slow_job(http, tmp_path)
     error = assert_error(http.get(f"/v1/tuneforge/jobs/{running['id']}/adapter"), 409, "job_not_succeeded")

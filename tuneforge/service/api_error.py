@@ -15,4 +15,6 @@ class APIError(Exception):
 
 
 def not_found(kind: str, object_id: str, param: str | None = None) -> APIError:
-    return APIError(404, f"No such {kind}: {object_id}", code=f"{kind.replace(' ', '_')}_not_found", param=param)
+    # The code is an identifier: "fine-tuning job" -> fine_tuning_job_not_found.
+    code = kind.replace(" ", "_").replace("-", "_") + "_not_found"
+    return APIError(404, f"No such {kind}: {object_id}", code=code, param=param)

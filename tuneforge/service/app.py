@@ -11,30 +11,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from tuneforge import __version__
-from tuneforge.service.errors import envelope, install_error_handlers
-from tuneforge.service.file_storage import FileTooLarge
+from tuneforge.service.errors import install_error_handlers
+from tuneforge.service.guard import BodyTooLarge, Guard
 from tuneforge.service.inference_client import InferenceClient
+from tuneforge.service.limits import Limits
 from tuneforge.service.routes import chat, dashboard, files, graders, jobs, tools
 from tuneforge.service.settings import Settings
 from tuneforge.service.store import make_engine, make_sessionmaker
-
-
-class UploadSizeLimit:
-    """Refuses an upload whose declared size is over the cap before its body is read (413)."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/files":
-            length = dict(scope["headers"]).get(b"content-length")
-            # Multipart framing adds a little; the exact file size is checked again while streaming to disk.
-            if length and length.isdigit() and int(length) > self.max_bytes + 64 * 1024:
-                response = envelope(413, str(FileTooLarge(self.max_bytes)), "file_too_large", "file")
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -47,13 +30,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await app.state.inference.close()
 
-    app = FastAPI(title="tuneforge", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    # No /docs: Swagger UI loads its script from a CDN, which would then run on the dashboard's origin with
+    # access to the key in localStorage. The schema stays at /openapi.json. Multipart parsing stops at the
+    # settings' part counts and field size (guard.py bounds the whole body).
+    app = FastAPI(
+        title="tuneforge", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+        redirect_slashes=False,  # /v1/files/ is a 404 in the envelope, not a bodiless 307 to follow
+        form_limits={
+            "max_files": settings.max_multipart_files,
+            "max_fields": settings.max_multipart_fields,
+            "max_part_size": settings.max_multipart_field_bytes,
+        },
+    )
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.inference = InferenceClient(settings)
     install_error_handlers(app)
-    app.add_middleware(UploadSizeLimit, max_bytes=settings.max_upload_bytes)
+    app.state.limits = Limits(settings)
+    app.add_exception_handler(BodyTooLarge, lambda _request, exc: exc.response())
+    app.add_middleware(Guard, settings=settings, sessionmaker=app.state.sessionmaker, limits=app.state.limits)
     for module in (files, jobs, chat, dashboard, graders):
         app.include_router(module.router)
     app.include_router(tools.router)  # /v1/tuneforge/...: the dashboard's validate, preview, adapter, export

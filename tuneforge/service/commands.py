@@ -2,8 +2,12 @@
 
 tuneforge serve [--host 127.0.0.1] [--port 8000] [--data-dir DIR] [--workers N] [--database-url URL]
                 [--gpus 0,1] [--gpus-per-worker N] [--inference-gpu ID] [--webhook-url URL ...] [--webhook-secret S]
+                [--allowed-host NAME ...]
 tuneforge worker [--data-dir DIR] [--database-url URL] [--once] [--gpus 0,1]
-tuneforge keys create --org NAME [--data-dir DIR] [--database-url URL]
+tuneforge keys create --org NAME [--name NAME] | list [--org NAME] | revoke ID | rotate ID   [--data-dir ...]
+
+Every command here runs with umask 077: the database, uploads, runs and logs it (or its workers and trainers)
+create are its user's alone (0600 files, 0700 folders).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import sys
 def _settings(args):
     from tuneforge.service.settings import Settings
 
+    # Every command of the service starts here: what it and its children create is private (0600/0700).
+    os.umask(0o077)
     return Settings.from_env(
         data_dir=args.data_dir,
         database_url=args.database_url,
@@ -26,6 +32,8 @@ def _settings(args):
         inference_gpu=getattr(args, "inference_gpu", None),
         webhook_urls=tuple(getattr(args, "webhook_url", None) or ()) or None,
         webhook_secret=getattr(args, "webhook_secret", None),
+        allowed_hosts=tuple(getattr(args, "allowed_host", None) or ()) or None,
+        bind_host=getattr(args, "host", None),
     )
 
 
@@ -63,6 +71,7 @@ def serve(args) -> int:
 
     from tuneforge.service.app import create_app
     from tuneforge.service.devices import split_devices, worker_env
+    from tuneforge.service.http_server import EnvelopeHTTPProtocol, install_log_redaction
     from tuneforge.service.webhooks import Deliverer, new_secret
 
     settings = _settings(args)
@@ -101,7 +110,11 @@ def serve(args) -> int:
             file=sys.stderr,
             flush=True,
         )
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+        config = uvicorn.Config(
+            create_app(settings), host=args.host, port=args.port, log_level=args.log_level, http=EnvelopeHTTPProtocol
+        )
+        install_log_redaction()  # after Config: it (re)configures uvicorn's loggers
+        uvicorn.Server(config).run()
     finally:
         deliverer.stop()
         for process in workers:
@@ -124,21 +137,79 @@ def worker(args) -> int:
     return run_worker(settings, once=args.once)
 
 
-def keys(args) -> int:
-    from tuneforge.errors import UserError
-    from tuneforge.service.keys import create_key
+def _key_sessions(args):
     from tuneforge.service.store import make_engine, make_sessionmaker
 
     settings = _settings(args)
     settings.ensure_dirs()
-    sessions = make_sessionmaker(make_engine(settings.url))
+    return make_sessionmaker(make_engine(settings.url))
+
+
+def keys(args) -> int:
+    from tuneforge.errors import UserError
+    from tuneforge.service.keys import create_key
+
     try:
-        with sessions() as session:
-            key = create_key(session, args.org)
+        with _key_sessions(args)() as session:
+            key = create_key(session, args.org, args.name)
     except UserError as exc:
         print(f"tuneforge keys: {exc}", file=sys.stderr)
         return 2
     print(f"Created an API key for org {args.org!r}. It is shown only once; store it now:")
+    print(key)
+    return 0
+
+
+def _when(timestamp: int | None) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
+
+
+def keys_list(args) -> int:
+    import json
+
+    from tuneforge.service.keys import list_keys
+
+    with _key_sessions(args)() as session:
+        rows = list_keys(session, args.org)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'ID':18} {'ORG':16} {'NAME':20} {'PREFIX':10} {'CREATED':19}  {'LAST USED':19}  REVOKED")
+    for row in rows:
+        print(
+            f"{row['id']:18} {row['org']:16} {row['name'] or '-':20} {row['prefix'] + '...':10} "
+            f"{_when(row['created_at']):19}  {_when(row['last_used_at']):19}  {_when(row['revoked_at'])}"
+        )
+    return 0
+
+
+def keys_revoke(args) -> int:
+    from tuneforge.errors import UserError
+    from tuneforge.service.keys import revoke_key
+
+    try:
+        with _key_sessions(args)() as session:
+            done = revoke_key(session, args.id)
+    except UserError as exc:
+        print(f"tuneforge keys: {exc}", file=sys.stderr)
+        return 2
+    print(f"Revoked {done['id']}: its requests now answer 401.")
+    return 0
+
+
+def keys_rotate(args) -> int:
+    from tuneforge.errors import UserError
+    from tuneforge.service.keys import rotate_key
+
+    try:
+        with _key_sessions(args)() as session:
+            key, new_id = rotate_key(session, args.id)
+    except UserError as exc:
+        print(f"tuneforge keys: {exc}", file=sys.stderr)
+        return 2
+    print(f"Revoked {args.id}; its successor {new_id} is shown only once; store it now:")
     print(key)
     return 0
 
@@ -168,6 +239,12 @@ def add_service_commands(subparsers) -> None:
     parser.add_argument(
         "--webhook-secret", help="whsec_... secret that signs webhooks (better: env TUNEFORGE_WEBHOOK_SECRET)"
     )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        help="a Host name clients may use besides loopback's (repeat; '*' for any; env TUNEFORGE_ALLOWED_HOSTS); "
+        "bound to a non-loopback --host without this, any name is answered",
+    )
     _add_store_options(parser)
     parser.set_defaults(func=serve)
 
@@ -181,8 +258,22 @@ def add_service_commands(subparsers) -> None:
     key_commands = parser.add_subparsers(dest="keys_command", required=True)
     create = key_commands.add_parser("create", help="create an API key for an org (printed on the last line)")
     create.add_argument("--org", required=True, help="org name: lowercase letters, digits, '-' or '_'")
+    create.add_argument("--name", help="what the key is for (shown by `keys list`), e.g. 'ci' or 'alice laptop'")
     _add_store_options(create)
     create.set_defaults(func=keys)
+    listing = key_commands.add_parser("list", help="every key: id, org, name, prefix, created, last used, revoked")
+    listing.add_argument("--org", help="only this org's keys")
+    listing.add_argument("--json", action="store_true", help="as JSON")
+    _add_store_options(listing)
+    listing.set_defaults(func=keys_list)
+    revoke = key_commands.add_parser("revoke", help="revoke a key now (by the id `keys list` shows)")
+    revoke.add_argument("id", help="key-... as `tuneforge keys list` shows it")
+    _add_store_options(revoke)
+    revoke.set_defaults(func=keys_revoke)
+    rotate = key_commands.add_parser("rotate", help="a new key for the same org and name; the old one is revoked")
+    rotate.add_argument("id", help="key-... as `tuneforge keys list` shows it")
+    _add_store_options(rotate)
+    rotate.set_defaults(func=keys_rotate)
 
     parser = subparsers.add_parser("orgs", help="an organisation's policies")
     org_commands = parser.add_subparsers(dest="orgs_command", required=True)

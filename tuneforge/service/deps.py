@@ -8,8 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from tuneforge.service.errors import APIError
-from tuneforge.service.keys import org_for_key
+from tuneforge.service.keys import authenticate
 from tuneforge.service.settings import Settings
 from tuneforge.service.store import Org
 
@@ -24,19 +23,10 @@ def get_settings(request: Request) -> Settings:
 
 
 def get_org(request: Request, session: Annotated[Session, Depends(get_session)]) -> Org:
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        raise APIError(
-            401,
-            "You didn't provide an API key. Send it as 'Authorization: Bearer KEY' "
-            "(create one with `tuneforge keys create --org NAME`).",
-            code="missing_api_key",
-        )
-    org = org_for_key(session, key.strip())
-    if org is None:
-        raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
-    return org
+    # guard.py authenticated the request before its body was read and left the org's id in the scope.
+    org_id = request.scope.get("state", {}).get("org_id")
+    org = session.get(Org, org_id) if org_id else None
+    return org if org is not None else authenticate(session, request.headers.get("authorization", ""))
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from tuneforge.service.settings import Settings
 from tuneforge.service.store import StoredFile, new_id, now
+from tuneforge.service.text_checks import is_identifier
 
 CHUNK = 1024 * 1024
 
@@ -36,7 +37,9 @@ def remove_file_content(settings: Settings, file_id: str) -> None:
 
 
 def find_file(session: Session, *, org_id: str, file_id: str) -> StoredFile | None:
-    """The org's file with this id, unless it was deleted."""
+    """The org's file with this id, unless it was deleted (or the id could not be one: never sent to SQL)."""
+    if not is_identifier(file_id, 64):
+        return None
     return session.scalar(
         select(StoredFile).where(StoredFile.id == file_id, StoredFile.org_id == org_id, StoredFile.deleted.is_(False))
     )
@@ -53,7 +56,8 @@ def save_file(
     digest = hashlib.sha256()
     size = 0
     try:
-        with open(partial, "wb") as out:
+        # 0600 whatever the umask: an upload is its organisation's data, not the machine's other users'.
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as out:
             while chunk := source.read(CHUNK):
                 size += len(chunk)
                 if size > settings.max_upload_bytes:

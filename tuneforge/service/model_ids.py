@@ -16,6 +16,7 @@ from sqlalchemy import select
 from tuneforge.runfiles import MANIFEST
 from tuneforge.service.settings import Settings
 from tuneforge.service.store import Job, JobCheckpoint
+from tuneforge.service.text_checks import is_identifier
 
 CHECKPOINT_MARK = ":ckpt-step-"
 
@@ -63,6 +64,8 @@ def checkpoint_on_disk(settings: Settings, job: Job, step: int) -> bool:
 
 
 def published_job(session, org_id: str, model_id: str) -> Job | None:
+    if not is_identifier(model_id, 512):
+        return None
     return session.scalar(
         select(Job).where(
             Job.org_id == org_id,
@@ -75,6 +78,8 @@ def published_job(session, org_id: str, model_id: str) -> Job | None:
 
 def find_model(session, settings: Settings, org_id: str, model_id: str) -> ModelRef | None:
     """The model `model_id` names for this org, or None when there is no such model (or it is another org's)."""
+    if not is_identifier(model_id, 512):
+        return None  # NUL or another control character: no model has it, and PostgreSQL would refuse the query
     if model_id in settings.base_models:
         return ModelRef(model_id, model_id)
     job = published_job(session, org_id, model_id)

@@ -5,11 +5,34 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from tuneforge.service.store import Job, JobCheckpoint, JobEvent, StoredFile
+from tuneforge.service.text_checks import has_control
 
 Auto = Literal["auto"]
+
+
+def _no_control(value: str) -> str:
+    if has_control(value):
+        raise ValueError("control characters (such as NUL) are not allowed")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("NUL characters are not allowed")
+    return value
+
+
+def Identifier(max_length: int):  # noqa: N802 (a type, as pydantic's constr)
+    """An id or a name that is looked up or stored: 1..max_length characters, no control characters."""
+    return Annotated[str, Field(min_length=1, max_length=max_length), AfterValidator(_no_control)]
+
+
+# OpenAI's metadata: at most 16 pairs, keys up to 64 characters, values up to 512.
+MetadataKey = Annotated[str, Field(max_length=64), AfterValidator(_no_control)]
+MetadataValue = Annotated[str, Field(max_length=512), AfterValidator(_no_nul)]
 
 
 class Strict(BaseModel):
@@ -55,17 +78,17 @@ class Method(Strict):
 
 
 class JobCreate(Strict):
-    model: Annotated[str, Field(min_length=1, max_length=256)]
-    training_file: Annotated[str, Field(min_length=1, max_length=64)]
-    validation_file: str | None = None
+    model: Identifier(256)
+    training_file: Identifier(64)
+    validation_file: Identifier(64) | None = None
     hyperparameters: Hyperparameters | None = None
     method: Method | None = None
     suffix: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")] | None = None
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
-    metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = None
-    integrations: list[Any] | None = None
+    metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)] | None = None
+    integrations: Annotated[list[Any], Field(max_length=8)] | None = None
     # tuneforge's own settings (the SDK sends them with extra_body); checked by service/job_options.py.
-    tuneforge: dict[str, Any] | None = None
+    tuneforge: Annotated[dict[Annotated[str, Field(max_length=64)], Any], Field(max_length=64)] | None = None
 
     def method_and_hyperparameters(self) -> tuple[str, dict]:
         """The method type and its hyperparameters, with "auto" for anything not given."""
@@ -196,8 +219,10 @@ def checkpoint_public(checkpoint: JobCheckpoint, job: Job) -> dict:
 
 
 def fine_tuned_name(base_model: str, org_name: str, suffix: str | None, job_id: str) -> str:
-    """OpenAI's naming: ft:{base}:{org}:{suffix}:{id}."""
-    return f"ft:{base_model}:{org_name}:{suffix or ''}:{job_id.removeprefix('ftjob-')[:8]}"
+    """OpenAI's naming: ft:{base}:{org}:{suffix}:{id}, with the job id's whole random part (24 hex digits):
+    the 8 that names once kept could collide between two jobs with the same suffix. Names are stored on their
+    jobs (Job.ft_name), so models named the old way keep their names."""
+    return f"ft:{base_model}:{org_name}:{suffix or ''}:{job_id.removeprefix('ftjob-')}"
 
 
 def model_public(model_id: str, owned_by: str, created: int = 0) -> dict:

@@ -15,6 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_BASE_MODELS = ("smollm2-135m-instruct",)
+# Integer limits read from TUNEFORGE_<NAME> (e.g. TUNEFORGE_QUOTA_FILES); 0 switches a quota or rate off.
+LIMIT_FIELDS = (
+    "max_json_bytes", "max_multipart_files", "max_multipart_fields", "max_multipart_field_bytes",
+    "quota_bytes", "quota_files", "quota_active_jobs", "requests_per_minute", "chat_tokens_per_minute",
+)
 
 
 def _command_from_env(name: str, default: list[str]) -> list[str]:
@@ -95,6 +100,22 @@ class Settings:
     inference_gpu: str | None = None
     # Processes a job may ask for on a worker without GPUs (torchrun on CPU is for trying things out).
     max_cpu_processes: int = 1
+    # Hostile or careless clients (guard.py, limits.py; docs/service.md "Limits"). Bodies are counted as they
+    # arrive, chunked or not; a JSON body past max_json_bytes (or an upload past max_upload_bytes) is a 413.
+    max_json_bytes: int = 1024 * 1024
+    max_multipart_files: int = 1  # file parts in one upload
+    max_multipart_fields: int = 4  # other form fields (purpose, ...)
+    max_multipart_field_bytes: int = 64 * 1024  # each non-file field
+    # Per organisation: what it may keep, queue and ask for (0: no limit). Past one: 429 with retry-after.
+    quota_bytes: int = 20 * 1024**3  # bytes of stored files
+    quota_files: int = 1000  # stored files
+    quota_active_jobs: int = 50  # jobs validating, queued or running
+    requests_per_minute: int = 600  # /v1 requests per organisation
+    chat_tokens_per_minute: int = 200_000  # prompt (about 4 characters a token) + max_tokens
+    # The Host names the server answers (DNS rebinding): bound to loopback, loopback names plus these;
+    # bound elsewhere, any name unless these are given. bind_host is what `serve --host` bound.
+    allowed_hosts: tuple[str, ...] = ()
+    bind_host: str | None = None
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -126,6 +147,9 @@ class Settings:
         settings.gpus_per_worker = _int_env("TUNEFORGE_GPUS_PER_WORKER", None)
         settings.inference_gpu = os.environ.get("TUNEFORGE_INFERENCE_GPU") or None
         settings.max_cpu_processes = _int_env("TUNEFORGE_MAX_CPU_PROCESSES", settings.max_cpu_processes)
+        for name in LIMIT_FIELDS:
+            setattr(settings, name, _int_env(f"TUNEFORGE_{name.upper()}", getattr(settings, name)))
+        settings.allowed_hosts = _list_env("TUNEFORGE_ALLOWED_HOSTS") or ()
         for key, value in overrides.items():
             if value is not None:
                 setattr(settings, key, value)
@@ -152,8 +176,22 @@ class Settings:
         return url
 
     def ensure_dirs(self) -> None:
+        """The data directories (0700: other users on the machine read neither uploads nor runs) and, for
+        SQLite, the database file (0600; SQLite gives its -wal and -shm files the database's mode)."""
         for directory in (self.data_dir, self.files_dir, self.runs_dir):
-            directory.mkdir(parents=True, exist_ok=True)
+            if not directory.exists():
+                directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self.database_url:
+            database = self.data_dir / "tuneforge.db"
+            if not database.exists():
+                os.close(os.open(database, os.O_CREAT | os.O_WRONLY, 0o600))
+        # Folders and a database an older version made world-readable are tightened too (when they are ours).
+        for path, mode in ((self.files_dir, 0o700), (self.runs_dir, 0o700), (self.data_dir / "tuneforge.db", 0o600)):
+            try:
+                if path.exists() and path.stat().st_uid == os.getuid():
+                    path.chmod(mode)
+            except OSError:
+                pass
 
     def to_env(self) -> dict[str, str]:
         """The environment that makes a child process (an embedded worker) see these same settings."""
@@ -181,4 +219,6 @@ class Settings:
         env["TUNEFORGE_PYTHON_GRADERS"] = "1" if self.python_graders else "0"
         # Devices are not passed on: `serve` gives each embedded worker its own share (devices.py).
         env["TUNEFORGE_MAX_CPU_PROCESSES"] = str(self.max_cpu_processes)
+        for name in LIMIT_FIELDS:
+            env[f"TUNEFORGE_{name.upper()}"] = str(getattr(self, name))
         return env

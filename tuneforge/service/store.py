@@ -63,6 +63,10 @@ class ApiKey(Base):
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id"), index=True)
     prefix: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    # `tuneforge keys list | revoke | rotate` (keys.py); nullable, so add_missing_columns upgrades old databases.
+    name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    last_used_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class StoredFile(Base):

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from tuneforge.service.deps import OrgDep, SessionDep, SettingsDep
 from tuneforge.service.errors import APIError, not_found
 from tuneforge.service.inference_client import InferenceError
+from tuneforge.service.limits import check_chat_tokens
 from tuneforge.service.model_ids import find_model, published_job
 from tuneforge.service.schemas import ChatCompletionCreate, model_public
 from tuneforge.service.store import Job, new_id
@@ -88,6 +89,7 @@ def _chunk(
 async def chat_completions(
     body: ChatCompletionCreate, request: Request, org: OrgDep, session: SessionDep, settings: SettingsDep
 ):
+    check_chat_tokens(request, org.id, body)  # 429 with retry-after past the org's tokens per minute
     base, adapter = _resolve(session, settings, org.id, body.model)
     session.close()  # generation can take a while; don't hold a database connection through it
     stop = [body.stop] if isinstance(body.stop, str) else body.stop

@@ -5,7 +5,6 @@ The bytes are kept by tuneforge/service/file_storage.py (under DATA_DIR/files by
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, Query, UploadFile
@@ -15,8 +14,10 @@ from sqlalchemy import select
 from tuneforge.service.deps import OrgDep, SessionDep, SettingsDep, page
 from tuneforge.service.errors import APIError, not_found
 from tuneforge.service.file_storage import FileTooLarge, file_path, find_file, remove_file_content, save_file
+from tuneforge.service.limits import RateLimited, check_file_quota
 from tuneforge.service.schemas import file_public
 from tuneforge.service.store import StoredFile, now
+from tuneforge.service.text_checks import clean_filename
 
 router = APIRouter(prefix="/v1/files")
 RETRY_WINDOW_SECONDS = 600
@@ -45,7 +46,7 @@ def upload_file(
             code="invalid_purpose",
             param="purpose",
         )
-    filename = os.path.basename(file.filename or "")
+    filename = clean_filename(file.filename or "")
     if not filename.lower().endswith(".jsonl"):
         raise APIError(
             400,
@@ -57,6 +58,13 @@ def upload_file(
         stored = save_file(session, settings, org_id=org.id, source=file.file, filename=filename[:512], purpose=purpose)
     except FileTooLarge as exc:
         raise APIError(413, str(exc), code="file_too_large", param="file") from exc
+    try:
+        check_file_quota(session, settings, org.id, stored=True)
+    except RateLimited:
+        session.delete(stored)
+        session.commit()
+        remove_file_content(settings, stored.id)
+        raise
     if retry_count > 0:
         # The SDK retrying an upload whose answer it missed: keep the copy the first attempt stored.
         earlier = session.scalar(

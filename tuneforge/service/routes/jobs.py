@@ -23,9 +23,11 @@ from tuneforge.service.errors import APIError, not_found
 from tuneforge.service.file_storage import find_file
 from tuneforge.service.integrations import parse_integrations
 from tuneforge.service.job_options import check_options
+from tuneforge.service.limits import check_job_quota
 from tuneforge.service.model_ids import checkpoint_on_disk, find_model, lineage_for
 from tuneforge.service.schemas import JobCreate, checkpoint_public, event_public, fine_tuned_name, job_public
 from tuneforge.service.store import Job, JobCheckpoint, JobEvent, add_event, new_id, now, transition_job
+from tuneforge.service.text_checks import check_identifier, is_identifier
 from tuneforge.service.webhooks import record_job_event
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs")
@@ -34,7 +36,7 @@ METADATA_PARAM = re.compile(r"^metadata\[(.*)\]$", re.DOTALL)
 
 
 def get_job(session, org_id: str, job_id: str) -> Job:
-    job = session.scalar(select(Job).where(Job.id == job_id, Job.org_id == org_id))
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.org_id == org_id)) if is_identifier(job_id, 64) else None
     if job is None:
         raise not_found("fine-tuning job", job_id, "fine_tuning_job_id")
     return job
@@ -89,9 +91,12 @@ def create_job(
 ) -> dict:
     canonical = json.dumps(body.model_dump(exclude_none=True), sort_keys=True)
     request_hash = hashlib.sha256(f"{org.id}\n{canonical}".encode()).hexdigest()
+    if idempotency_key is not None:
+        check_identifier(idempotency_key, "Idempotency-Key", 256)
     existing = _existing_for_retry(session, org.id, idempotency_key, request_hash, retry_count)
     if existing is not None:
         return job_public(existing)
+    check_job_quota(session, settings, org.id)
 
     parent = find_model(session, settings, org.id, body.model)
     if parent is None:
