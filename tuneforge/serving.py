@@ -310,6 +310,8 @@ class Engine:
         self._parked: dict[tuple, list[_Request]] = {}
         self._loader = ThreadPoolExecutor(1, thread_name_prefix="tuneforge-load")
         self._closed = False
+        # Counters for tests and benchmarks: forwards run, and prefills that joined rows already decoding.
+        self.stats = {"prefills": 0, "decode_steps": 0, "joined_running": 0, "max_rows": 0}
         self._thread = None
         if background:
             self._thread = threading.Thread(target=self._loop, name="tuneforge-scheduler", daemon=True)
@@ -578,6 +580,8 @@ class Engine:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
         logits = base.forward(input_ids, mask, positions, cache, [r.adapter for r in batch])
+        self.stats["prefills"] += 1
+        self.stats["joined_running"] += bool(base.choices)
         # n choices of a request share its prefill: its cache row is repeated once per choice.
         row_of = [row for row, request in enumerate(batch) for _ in request.choices]
         choices = [choice for request in batch for choice in request.choices]
@@ -597,6 +601,8 @@ class Engine:
         logits = base.forward(base.last[:, None], base.mask, base.positions[:, None], base.cache,
                               [c.request.adapter for c in base.choices])
         base.positions = base.positions + 1
+        self.stats["decode_steps"] += 1
+        self.stats["max_rows"] = max(self.stats["max_rows"], len(base.choices))
         going = self._advance(base, base.choices, logits)
         base.last = torch.tensor([c.ids[-1] if c.ids else base.pad_id for c in base.choices], device=base.device)
         base.keep_rows(going)
