@@ -57,7 +57,8 @@ def sdk_for(server, key):
 
 
 def open_dashboard(browser, server, key, hash_=""):
-    browser.get(f"{server.url}/?key={key}{hash_}")
+    # The key travels in the fragment (never sent to the server); the page moves it to localStorage.
+    browser.get(f"{server.url}/#key={key}" + ("&" + hash_[1:] if hash_ else ""))
     wait_for(lambda: browser.execute_script("return document.readyState") == "complete")
 
 
@@ -85,7 +86,7 @@ def test_dashboard_shows_jobs_draws_the_loss_curve_and_downloads(browser, start_
     job = succeeded_job(sdk_for(server, key), tmp_path, "t.jsonl")
 
     open_dashboard(browser, server, key)
-    assert "key=" not in browser.current_url  # the key is kept in localStorage, not in the address bar
+    assert "key=" not in browser.current_url and key not in browser.current_url  # kept in localStorage only
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'#jobs a[href="#job={job.id}"]'), timeout=15)
     assert "succeeded" in browser.find_element(By.ID, "jobs").text
 

@@ -13,12 +13,32 @@ const FIGURES = ["eval", "forgetting", "verdict", "training_metrics"]; // extra 
 const state = { selectedJobs: new Set(), selectedCheckpoints: new Map(), reports: new Map(), checks: new Map() };
 let timer = null;
 
-// `/?key=KEY` stores the key once and leaves the address bar (and history) without it.
-const params = new URLSearchParams(location.search);
-if (params.get("key")) {
-  localStorage.setItem(KEY, params.get("key"));
-  history.replaceState(null, "", location.pathname + location.hash);
+// The key arrives once: typed into the form, or in a link's fragment, `/#key=KEY` (or `/#key=KEY&job=ID`):
+// a fragment is never sent to the server, so it is in no request and no log. It goes to localStorage and out
+// of the address bar and history at once. A link whose key differs from the one this browser keeps asks
+// before replacing it (a link from someone else must not silently sign you in as them). `?key=` did reach the
+// server; it is only removed from the address bar, never used.
+function takeKeyFromLink() {
+  const search = new URLSearchParams(location.search);
+  const linked = location.hash.startsWith("#key=");
+  if (!linked && !search.has("key")) return;
+  let route = "";
+  if (linked) {
+    const rest = location.hash.slice("#key=".length);
+    const cut = rest.indexOf("&");
+    const key = decodeURIComponent(cut < 0 ? rest : rest.slice(0, cut)).trim();
+    route = cut < 0 ? "" : "#" + rest.slice(cut + 1);
+    const stored = localStorage.getItem(KEY);
+    if (key && (!stored || stored === key ||
+        confirm("This link carries a different API key from the one this browser keeps. Use the link's key?"))) {
+      localStorage.setItem(KEY, key);
+    }
+  }
+  search.delete("key");
+  const query = search.toString();
+  history.replaceState(null, "", location.pathname + (query ? "?" + query : "") + route);
 }
+takeKeyFromLink();
 keyInput.value = localStorage.getItem(KEY) || "";
 keyInput.addEventListener("change", () => { localStorage.setItem(KEY, keyInput.value.trim()); render(); });
 
@@ -616,5 +636,8 @@ async function render() {
   }
 }
 
-window.addEventListener("hashchange", render);
+window.addEventListener("hashchange", () => {
+  if (location.hash.startsWith("#key=")) { takeKeyFromLink(); keyInput.value = localStorage.getItem(KEY) || ""; }
+  render();
+});
 render();
