@@ -1,5 +1,6 @@
 """Property-based fuzzing of the real `tuneforge serve` through its own OpenAPI schema (schemathesis):
-every operation, generated valid and invalid inputs, with a valid API key; no request may answer 5xx.
+every operation, generated valid and invalid inputs, with a valid API key; no request may answer 5xx, on
+SQLite and on PostgreSQL (which refuses NUL in text where SQLite stores it, and checks varchar lengths).
 
 Examples per operation: TUNEFORGE_API_FUZZ_EXAMPLES (default 100; see docs/reliability.md for the counts a
 full run reaches). No workers run, so created jobs stay queued and the fuzz measures only the API.
@@ -21,14 +22,18 @@ EXAMPLES = int(os.environ.get("TUNEFORGE_API_FUZZ_EXAMPLES", "100"))
 SEEN = {"requests": 0}
 
 
-@pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def fuzz_server(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
-    server = Server(root / "data", workers=0, env=fake_env(TUNEFORGE_MAX_UPLOAD_BYTES="20000")).start()
-    server.key = server.create_key("fuzz")
+    database_url = request.getfixturevalue("postgres_url") if request.param == "postgres" else None
+    # Rate limits off: a 429 is not a 5xx, but it would stop the fuzz from reaching the routes.
+    env = fake_env(TUNEFORGE_MAX_UPLOAD_BYTES="20000", TUNEFORGE_REQUESTS_PER_MINUTE="0",
+                   TUNEFORGE_CHAT_TOKENS_PER_MINUTE="0")
+    server = Server(root / "data", workers=0, database_url=database_url, env=env).start()
+    server.key = server.create_key(f"fuzz{request.param}")
     yield server
     server.stop()
-    print(f"\nAPI fuzz: {SEEN['requests']} requests, none answered 5xx")
+    print(f"\nAPI fuzz ({request.param}): {SEEN['requests']} requests, none answered 5xx")
 
 
 def fuzz_operation(operation, server, counts: dict) -> None:
