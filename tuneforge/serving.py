@@ -302,6 +302,7 @@ class Engine:
         self.max_models = max_models or int(os.environ.get("TUNEFORGE_ADAPTER_CACHE", "3"))
         self.max_rows, self.prefill_tokens = max_rows, prefill_tokens
         self._wake = threading.Condition()
+        self._open = 0  # requests submitted and not yet answered or cancelled
         self._inbox: deque = deque()
         self._requests: dict[str, _Request] = {}
         self._bases: OrderedDict[tuple, _Base] = OrderedDict()
@@ -319,11 +320,35 @@ class Engine:
 
     # The API, any thread
 
-    def submit(self, request: GenerationRequest, emit: Callable[[dict], None]) -> None:
-        self._post(("generate", request, emit))
+    def submit(self, request: GenerationRequest | dict, emit: Callable[[dict], None]) -> None:
+        """Queue a request (a GenerationRequest, or a request line's dict: checked here, errors go to emit)."""
+        if isinstance(request, dict):
+            try:
+                request = GenerationRequest.from_json(request)
+            except RequestError as exc:
+                emit({"id": request.get("id"), "error": str(exc), "status": exc.status})
+                return
+
+        def answer(message: dict) -> None:
+            if "result" in message or "error" in message:
+                self._settle()
+            emit(message)
+
+        with self._wake:
+            self._open += 1
+        self._post(("generate", request, answer))
 
     def cancel(self, request_id: str) -> None:
         self._post(("cancel", request_id, None))
+
+    def idle(self) -> bool:
+        """Every submitted request answered, failed or cancelled."""
+        with self._wake:
+            return self._open == 0
+
+    def _settle(self) -> None:
+        with self._wake:
+            self._open -= 1
 
     def close(self) -> None:
         self._closed = True
@@ -371,8 +396,9 @@ class Engine:
         for kind, payload, emit in items:
             if kind == "cancel":
                 request = self._requests.pop(payload, None)
-                if request is not None:
+                if request is not None and not request.ended:
                     request.ended = True
+                    self._settle()
             elif kind == "generate":
                 self._start(payload, emit)
         worked = bool(items) | self._finish_loads()
@@ -487,13 +513,12 @@ class Engine:
                 continue
             if key[0] == "adapter":
                 self._adapters[key] = loaded
-                self._evict_adapters()
             else:
-                model, tokenizer = loaded
-                self._bases[key] = _Base(key, model, tokenizer)
-                self._evict_models()
-            for request in parked:
+                self._bases[key] = _Base(key, *loaded)
+            for request in parked:  # before evicting, so that what was just loaded is in use
                 self._route(request)
+            self._evict_adapters()
+            self._evict_models()
         return bool(finished)
 
     def _in_use(self) -> set[int]:

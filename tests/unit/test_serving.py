@@ -157,3 +157,214 @@ def test_continuous_batching_joins_and_leaves_and_equals_each_model_alone(served
         assert got["choices"][0]["finish_reason"] == expected["finish_reason"]
         assert (got["prompt_tokens"], got["completion_tokens"]) == (expected["prompt_tokens"], expected["completion_tokens"])
     assert len(engine._bases) == 1  # one base in memory for all three adapters
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """(base dir, one random adapter) of the tiny Llama, for the sampling features."""
+    root = tmp_path_factory.mktemp("serving-features")
+    base = build_tiny_model("llama", root / "base")
+    return str(base), make_lora(base, root / "adapter", 7, **ADAPTER_CONFIGS["plain"])
+
+
+def run(engine: Engine, *requests: GenerationRequest) -> Collector:
+    emit = Collector()
+    for item in requests:
+        engine.submit(item, emit)
+    engine.run_until_idle()
+    return emit
+
+
+def test_penalties_logit_bias_and_logprobs_follow_openai_definitions(llama):
+    """Reference, step by step from the model's own full-sequence logits l (no cache):
+        l'[t] = l[t] + bias[t] - count[t] * frequency - (count[t] > 0) * presence
+    with count over the tokens generated so far; greedy takes argmax l', the reported logprob is
+    log_softmax(l')[token] and the top alternatives are the 3 largest of log_softmax(l')."""
+    base_dir, _ = llama
+    model, tokenizer = fp32_cpu(base_dir, None)
+    from tuneforge.data.tokenize import tokenize_prompt
+
+    messages = PROMPTS[1]
+    prompt = tokenize_prompt(tokenizer, messages)
+    boosted, banned = tokenizer.convert_tokens_to_ids("b"), tokenizer.convert_tokens_to_ids("hello")
+    options = dict(max_new_tokens=6, presence_penalty=0.7, frequency_penalty=1.5, logit_bias={str(boosted): 2.0, str(banned): -100},
+                   logprobs=True, top_logprobs=3)
+    got = run(Engine(load=fp32_cpu, background=False), request("p", messages, model=base_dir, **options)).result("p")
+    entries = got["choices"][0]["logprobs"]["content"]
+    generated, counts = [], torch.zeros(model.config.vocab_size)
+    for entry in entries:
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt + generated])).logits[0, -1]
+        logits[boosted] += 2.0
+        logits[banned] -= 100
+        logits -= counts * 1.5 + (counts > 0).float() * 0.7
+        logprobs = torch.log_softmax(logits, -1)
+        token = int(logits.argmax())
+        assert entry["token"] == tokenizer.decode([token]) and math.isclose(entry["logprob"], float(logprobs[token]), abs_tol=1e-4)
+        top = logprobs.topk(3)
+        assert [t["token"] for t in entry["top_logprobs"]] == [tokenizer.decode([i]) for i in top.indices.tolist()]
+        assert all(math.isclose(t["logprob"], v, abs_tol=1e-4) for t, v in zip(entry["top_logprobs"], top.values.tolist(), strict=True))
+        assert entry["bytes"] == list(entry["token"].encode())
+        generated.append(token)
+        counts[token] += 1
+    assert len(entries) == got["completion_tokens"] == 6
+    plain = run(Engine(load=fp32_cpu, background=False), request("q", messages, model=base_dir, max_new_tokens=6)).result("q")
+    assert plain["choices"][0]["text"] != got["choices"][0]["text"]  # the penalties changed the answer
+
+
+def test_seed_reproduces_sampling_whatever_shares_the_batch_and_n_choices_differ(llama):
+    base_dir, adapter = llama
+    sampled = dict(model=base_dir, adapter=adapter, temperature=1.0, top_p=0.9, seed=123, n=3, max_new_tokens=10)
+    alone_texts = [c["text"] for c in run(Engine(load=fp32_cpu, background=False), request("s", PROMPTS[0], **sampled))
+                   .result("s")["choices"]]
+    crowd = [request(f"other{i}", PROMPTS[i % 4], model=base_dir, adapter=adapter if i % 2 else None, temperature=0.8,
+                     max_new_tokens=4 + i) for i in range(4)]
+    emit = run(Engine(load=fp32_cpu, background=False), *crowd[:2], request("s", PROMPTS[0], **sampled), *crowd[2:])
+    assert [c["text"] for c in emit.result("s")["choices"]] == alone_texts
+    assert len(set(alone_texts)) > 1  # each choice draws its own tokens
+    reseeded = run(Engine(load=fp32_cpu, background=False), request("s", PROMPTS[0], **{**sampled, "seed": 124}))
+    assert [c["text"] for c in reseeded.result("s")["choices"]] != alone_texts
+
+
+def test_n_greedy_choices_share_one_prefill_and_equal_the_single_answer(llama):
+    base_dir, adapter = llama
+    engine = Engine(load=fp32_cpu, background=False)
+    got = run(engine, request("n", PROMPTS[2], model=base_dir, adapter=adapter, n=3, max_new_tokens=8)).result("n")
+    expected = alone(base_dir, adapter, PROMPTS[2], max_new_tokens=8)
+    assert [c["index"] for c in got["choices"]] == [0, 1, 2]
+    assert all(c["text"] == expected["text"] for c in got["choices"])
+    assert got["completion_tokens"] == 3 * expected["completion_tokens"] and engine.stats["prefills"] == 1
+
+
+def test_stop_string_cuts_the_answer_and_is_never_streamed(llama):
+    base_dir, adapter = llama
+    full = alone(base_dir, adapter, PROMPTS[0], max_new_tokens=12)["text"]
+    words = full.split(" ")
+    # A word that first appears mid-answer, with the space before it (so the cut falls between tokens).
+    stop = " " + next(w for i, w in enumerate(words) if i >= 2 and w not in words[:i])
+    expected = full[: full.index(stop)]
+    options = dict(model=base_dir, adapter=adapter, max_new_tokens=12, stop=["zzz-never", stop], stream=True, logprobs=True)
+    emit = run(Engine(load=fp32_cpu, background=False), request("t", PROMPTS[0], **options))
+    choice = emit.result("t")["choices"][0]
+    assert choice["text"] == expected and choice["finish_reason"] == "stop"
+    assert "".join(emit.pieces("t")) == expected and all(stop not in piece for piece in emit.pieces("t"))
+    streamed = [e for m in emit.messages if "token" in m for e in m["logprobs"]]
+    assert streamed == choice["logprobs"]["content"] and len(streamed) == len(expected.split())
+
+
+def test_cancel_removes_a_request_from_the_running_batch(llama):
+    base_dir, adapter = llama
+    engine = Engine(load=fp32_cpu, background=False)
+    emit = Collector()
+    run(engine, request("warm", PROMPTS[0], model=base_dir, adapter=adapter, max_new_tokens=1))
+    engine.submit(request("long", PROMPTS[0], model=base_dir, max_new_tokens=200, stream=True), emit)
+    engine.submit(request("short", PROMPTS[0], model=base_dir, adapter=adapter, max_new_tokens=9), emit)
+    while len(emit.pieces("long")) < 3:
+        engine.step()
+    engine.cancel("long")
+    engine.step()
+    streamed = len(emit.pieces("long"))
+    assert [c.request.spec.id for c in engine._bases[("model", base_dir, None)].choices] == ["short"]
+    engine.run_until_idle()
+    assert len(emit.pieces("long")) == streamed and not [m for m in emit.messages if m["id"] == "long" and "token" not in m]
+    assert emit.result("short")["choices"][0]["text"] == alone(base_dir, adapter, PROMPTS[0], max_new_tokens=9)["text"]
+    assert engine.idle()
+
+
+class ForcedTokens:
+    """A toy constraint: allows exactly one token at each step, then is finished."""
+
+    def __init__(self, tokens: list[int]):
+        self.tokens, self.position = tokens, 0
+
+    def fill_allowed(self, mask) -> None:
+        mask[self.tokens[self.position]] = True
+
+    def advance(self, token_id: int) -> None:
+        assert token_id == self.tokens[self.position]
+        self.position += 1
+
+    def is_finished(self) -> bool:
+        return self.position == len(self.tokens)
+
+
+def test_a_constraint_decides_every_token_and_ends_the_answer(llama):
+    base_dir, _ = llama
+    _, tokenizer = fp32_cpu(base_dir, None)
+    forced = tokenizer.convert_tokens_to_ids(["{", '"', "name", '"', ":", "1", "}"])
+    assert isinstance(ForcedTokens(forced), Constraint)
+    engine = Engine(load=fp32_cpu, background=False, make_constraint=lambda tok, fmt: ForcedTokens(forced))
+    got = run(engine, request("c", PROMPTS[0], model=base_dir, temperature=0.7, n=2, max_new_tokens=50,
+                              response_format={"type": "json_object"})).result("c")
+    for choice in got["choices"]:
+        assert choice["text"] == tokenizer.decode(forced) and choice["finish_reason"] == "stop"
+    assert got["completion_tokens"] == 2 * len(forced)
+
+
+def test_bad_requests_are_refused_with_400(llama):
+    base_dir, _ = llama
+    with pytest.raises(RequestError, match="n must be"):
+        GenerationRequest.from_json({"id": "x", "messages": PROMPTS[0], "n": 0})
+    with pytest.raises(RequestError, match="logit_bias"):
+        GenerationRequest.from_json({"id": "x", "messages": PROMPTS[0], "logit_bias": {"1": 101}})
+    engine = Engine(load=fp32_cpu, background=False, make_constraint=None)
+    engine._make_constraint = None  # as where tuneforge.constrained is not installed
+    emit = Collector()
+    engine.submit({"id": "a", "messages": PROMPTS[0], "model": base_dir, "logit_bias": {"999999": 1}}, emit)
+    engine.submit({"id": "b", "messages": PROMPTS[0], "model": base_dir, "response_format": {"type": "json_object"}}, emit)
+    engine.submit({"id": "c", "messages": PROMPTS[0], "model": base_dir, "adapter": "/no/such/dir"}, emit)
+    engine.submit({"id": "d", "messages": []}, emit)
+    engine.run_until_idle()
+    errors = {m["id"]: m for m in emit.messages if "error" in m}
+    assert set(errors) == {"a", "b", "c", "d"} and all(m["status"] == 400 for m in errors.values()), errors
+    assert "vocabulary" in errors["a"]["error"] and "tuneforge.constrained" in errors["b"]["error"]
+    assert engine.idle()
+
+
+def test_dora_adapter_and_full_model_are_served_as_models_of_their_own(llama, tmp_path):
+    """What needs more than a low-rank term is loaded merged (as load_model does) and still answers."""
+    base_dir, _ = llama
+    dora = make_lora(base_dir, tmp_path / "dora", 3, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], use_dora=True)
+    emit = run(Engine(load=fp32_cpu, background=False),
+               request("dora", PROMPTS[0], model=base_dir, adapter=dora, max_new_tokens=8),
+               request("full", PROMPTS[0], adapter=base_dir, max_new_tokens=8))
+    assert emit.result("dora")["choices"][0]["text"] == alone(base_dir, dora, PROMPTS[0], max_new_tokens=8)["text"]
+    assert emit.result("full")["choices"][0]["text"] == alone(base_dir, None, PROMPTS[0], max_new_tokens=8)["text"]
+
+
+def test_adapter_cache_is_bounded_by_bytes(served):
+    base_dir, adapter_dirs = served
+    engine = Engine(load=fp32_cpu, background=False, adapter_cache_bytes=1)
+    for name, folder in adapter_dirs.items():
+        got = run(engine, request(name, PROMPTS[0], model=base_dir, adapter=folder, max_new_tokens=4)).result(name)
+        assert got["choices"][0]["text"] == alone(base_dir, folder, PROMPTS[0], max_new_tokens=4)["text"]
+        assert len([a for a in engine._adapters.values() if a[0] is not None]) <= 1
+
+
+def test_the_inference_process_protocol(llama):
+    """JSON lines in, interleaved JSON lines out: two streamed requests, a cancel, a bad line, an unknown op."""
+    import io
+
+    from tuneforge.service.inference import serve
+
+    base_dir, adapter = llama
+    lines = [
+        {"id": "1", "op": "generate", "model": base_dir, "adapter": adapter, "messages": PROMPTS[0], "stream": True,
+         "max_new_tokens": 5, "n": 2, "temperature": None, "tools": None},
+        {"id": "2", "model": base_dir, "messages": PROMPTS[1], "max_new_tokens": 4, "logprobs": True, "top_logprobs": 2},
+        {"id": "9", "op": "cancel"},
+        {"id": "3", "op": "explode"},
+    ]
+    stdin = io.StringIO("\n".join(json.dumps(line) for line in lines) + "\nnot json\n")
+    stdout = io.StringIO()
+    serve(Engine(load=fp32_cpu), stdin=stdin, stdout=stdout)
+    messages = [json.loads(line) for line in stdout.getvalue().splitlines()]
+    results = {m["id"]: m["result"] for m in messages if "result" in m}
+    errors = {m["id"]: m["status"] for m in messages if "error" in m}
+    assert set(results) == {"1", "2"} and errors == {"3": 400, None: 400}
+    for index in (0, 1):
+        pieces = [m["token"] for m in messages if m["id"] == "1" and m.get("index") == index]
+        assert "".join(pieces) == results["1"]["choices"][index]["text"]
+    expected = alone(base_dir, adapter, PROMPTS[0], max_new_tokens=5)
+    assert results["1"]["choices"][0]["text"] == expected["text"]
+    assert len(results["2"]["choices"][0]["logprobs"]["content"][0]["top_logprobs"]) == 2

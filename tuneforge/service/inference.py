@@ -1,9 +1,18 @@
 """python -m tuneforge.service.inference: the inference process behind /v1/chat/completions.
 
-Reads one JSON request per line on stdin, writes JSON lines on stdout: {"id", "token"} while streaming,
-then {"id", "result": {"text", "prompt_tokens", "completion_tokens", "finish_reason"}} or {"id", "error"}.
-Loaded (model, adapter) pairs are kept in a small LRU so a fine-tuned adapter is loaded once, not per request.
-This is the only service process that imports torch (through tuneforge.models).
+Reads JSON lines on stdin, many requests in flight at once (tuneforge.serving.Engine batches them):
+    {"id", "op": "generate", "model": BASE, "adapter": DIR | null, "messages", "tools"?, "max_new_tokens",
+     "temperature", "top_p", "seed", "stop", "n", "logprobs", "top_logprobs", "presence_penalty",
+     "frequency_penalty", "logit_bias", "response_format"?, "stream"}
+    {"id", "op": "cancel"}                      the client went away: its rows leave the batch at the next step
+and writes JSON lines on stdout, lines of different ids interleaved:
+    {"id", "index": choice, "token": text, "logprobs"?: [entry]}      while streaming
+    {"id", "result": {"choices": [{"index", "text", "finish_reason", "logprobs"}], "prompt_tokens",
+                      "completion_tokens"}}
+    {"id", "error": message, "status": 400 | 503}
+(the full description is tuneforge/serving.py's docstring). When stdin closes, requests in flight are
+finished before the process exits. This is the only service process that imports torch, and it does so in
+main(), so that importing this module (as the service's tests and stand-ins do) stays light.
 """
 
 from __future__ import annotations
@@ -12,71 +21,44 @@ import json
 import os
 import sys
 import threading
-from collections import OrderedDict
-from collections.abc import Callable
+import time
 
 
-class ModelCache:
-    """Least-recently-used (model, adapter) -> (model, tokenizer)."""
-
-    def __init__(self, load: Callable, capacity: int):
-        self.load = load
-        self.capacity = max(1, capacity)
-        self.entries: OrderedDict = OrderedDict()
-
-    def get(self, model: str, adapter: str | None):
-        key = (model, adapter)
-        if key in self.entries:
-            self.entries.move_to_end(key)
-            return self.entries[key]
-        loaded = self.load(model, adapter)
-        self.entries[key] = loaded
-        while len(self.entries) > self.capacity:
-            self.entries.popitem(last=False)
-        return loaded
-
-
-def serve(load: Callable, generate: Callable, stdin=None, stdout=None, capacity: int = 3) -> None:
-    """Answer requests until stdin closes. `load` and `generate` follow tuneforge.models.load_model and
-    tuneforge.generation.generate_chat."""
+def serve(engine, stdin=None, stdout=None, drain_seconds: float = 600.0) -> None:
+    """Feed request lines to `engine` until stdin closes. `engine` has `submit(request: dict, emit)`,
+    `cancel(request_id)`, `idle() -> bool` and `close()`: tuneforge.serving.Engine, or a stand-in
+    (tests/service/fake_inference.py)."""
     stdin = stdin or sys.stdin
     stdout = stdout or sys.stdout
-    cache = ModelCache(load, capacity)
     write_lock = threading.Lock()
 
     def emit(message: dict) -> None:
+        line = json.dumps(message) + "\n"
         with write_lock:
-            stdout.write(json.dumps(message) + "\n")
+            stdout.write(line)
             stdout.flush()
 
     for line in stdin:
         if not line.strip():
             continue
-        request = json.loads(line)
-        request_id = request.get("id")
         try:
-            model, tokenizer = cache.get(request["model"], request.get("adapter"))
-            on_token = None
-            if request.get("stream"):
-
-                def on_token(_index: int, piece: str, request_id=request_id) -> None:
-                    if piece:
-                        emit({"id": request_id, "token": piece})
-
-            results = generate(
-                model,
-                tokenizer,
-                [request["messages"]],
-                max_new_tokens=int(request.get("max_new_tokens") or 256),
-                temperature=float(request.get("temperature") or 0.0),
-                top_p=float(request.get("top_p") or 1.0),
-                seed=request.get("seed"),
-                stop=request.get("stop"),
-                on_token=on_token,
-            )
-            emit({"id": request_id, "result": results[0]})
-        except Exception as exc:  # one bad request must not take the process down
-            emit({"id": request_id, "error": f"{type(exc).__name__}: {exc}"})
+            message = json.loads(line)
+            if not isinstance(message, dict):
+                raise ValueError("a request line must be a JSON object")
+        except ValueError as exc:
+            emit({"id": None, "error": f"unreadable request line: {exc}", "status": 400})
+            continue
+        op = message.get("op", "generate")
+        if op == "cancel":
+            engine.cancel(message.get("id"))
+        elif op == "generate":
+            engine.submit(message, emit)
+        else:
+            emit({"id": message.get("id"), "error": f"unknown op {op!r} (generate or cancel)", "status": 400})
+    deadline = time.monotonic() + drain_seconds
+    while not engine.idle() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    engine.close()
 
 
 def main() -> int:
@@ -85,16 +67,9 @@ def main() -> int:
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     sys.stdout = sys.stderr
-    from tuneforge.generation import generate_chat
-    from tuneforge.models import load_model
+    from tuneforge.serving import Engine
 
-    serve(
-        load_model,
-        generate_chat,
-        stdin=sys.stdin,
-        stdout=protocol_out,
-        capacity=int(os.environ.get("TUNEFORGE_ADAPTER_CACHE", "3")),
-    )
+    serve(Engine(), stdin=sys.stdin, stdout=protocol_out)
     return 0
 
 
