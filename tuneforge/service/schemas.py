@@ -108,24 +108,103 @@ class JobCreate(Strict):
         return method_type, values
 
 
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+# --- chat completions: the fields of OpenAI's chat.completions.create (openai/types/chat/) we implement ------
+# Strict like the job schemas: a field we do not implement is a 400 naming it ("Unrecognized request argument
+# supplied: audio"), never dropped. Accepted and ignored, because ignoring them changes no answer: `user` and
+# `safety_identifier` (end-user ids for abuse tracking), `prompt_cache_key` (a caching hint; the engine shares
+# prefixes on its own), `metadata` (tags for stored completions), `store` only false (nothing is stored),
+# `service_tier` only "auto"/"default". The rest (audio, modalities other than text, prediction,
+# reasoning_effort, verbosity, web_search_options, functions/function_call, ...) are refused.
+
+MAX_CHOICES = 8
+MAX_TOP_LOGPROBS = 20
+
+
+class TextPart(Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ToolCallFunction(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    arguments: str
+
+
+class MessageToolCall(Strict):
+    id: Annotated[str, Field(min_length=1, max_length=256)]
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
+class ChatMessage(Strict):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[TextPart] | None = None
+    name: Annotated[str, Field(max_length=64)] | None = None
+    tool_calls: list[MessageToolCall] | None = None
+    tool_call_id: str | None = None
+    refusal: str | None = None  # an assistant turn the SDK echoes back; not shown to the model
 
     def text(self) -> str:
         if isinstance(self.content, list):
-            return "".join(str(part.get("text", "")) for part in self.content if part.get("type") == "text")
+            return "".join(part.text for part in self.content)
         return self.content or ""
 
+    def for_template(self) -> dict:
+        """The message as the chat template sees it, in the shape tuneforge trains tool calls in
+        (data/formats.py keeps OpenAI's tool_calls, tool_call_id and name on the message)."""
+        message = {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        for key in ("tool_call_id", "name"):
+            if getattr(self, key) is not None:
+                message[key] = getattr(self, key)
+        return message
 
-class StreamOptions(BaseModel):
+
+class StreamOptions(Strict):
     include_usage: bool = False
+    include_obfuscation: bool | None = None  # the SDK's flag for padding chunks; there is nothing to pad here
 
 
-class ChatCompletionCreate(BaseModel):
-    # The SDK sends many optional fields; the ones we don't implement are accepted and ignored.
-    model_config = ConfigDict(extra="allow")
+class FunctionDefinition(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(Strict):
+    name: str
+
+
+class NamedToolChoice(Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(Strict):
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    description: str | None = None
+    schema_: Annotated[dict[str, Any] | None, Field(alias="schema")] = None
+    strict: bool | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ResponseFormat(Strict):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+TokenBias = Annotated[float, Field(ge=-100, le=100)]
+
+
+class ChatCompletionCreate(Strict):
     model: Annotated[str, Field(min_length=1)]
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_tokens: Annotated[int, Field(ge=1, le=4096)] | None = None
@@ -133,10 +212,26 @@ class ChatCompletionCreate(BaseModel):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: Annotated[int, Field(ge=1, le=1)] | None = None
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    logit_bias: dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], TokenBias] | None = None
+    response_format: ResponseFormat | None = None
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    # Accepted and ignored (see the note above).
+    user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    metadata: dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None = None
+    store: Literal[False] | None = None
+    service_tier: Literal["auto", "default"] | None = None
 
 
 def file_public(stored: StoredFile) -> dict:

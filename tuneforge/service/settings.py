@@ -86,6 +86,12 @@ class Settings:
     # Runs of one job (a worker dying mid-job uses one up) before it fails with max_attempts_exceeded.
     max_attempts: int = 3
     adapter_cache_size: int = 3
+    # Chat completions' back-pressure (inference_client.py): requests one model id may have in the inference
+    # process at once (waiting or decoding) before more are refused with 429 and retry-after; and how long
+    # one request may take in all before it is cancelled and answered 504.
+    chat_max_pending: int = 64
+    chat_retry_after_seconds: int = 1
+    chat_timeout_seconds: float = 600.0
     # Python graders run submitted code (sandboxed: tuneforge/graders/sandbox.py); off unless the operator says so.
     python_graders: bool = False
     # Webhooks (webhooks.py): where job ends are announced, the whsec_ secret that signs them, and the retries.
@@ -147,6 +153,9 @@ class Settings:
         settings.gpus_per_worker = _int_env("TUNEFORGE_GPUS_PER_WORKER", None)
         settings.inference_gpu = os.environ.get("TUNEFORGE_INFERENCE_GPU") or None
         settings.max_cpu_processes = _int_env("TUNEFORGE_MAX_CPU_PROCESSES", settings.max_cpu_processes)
+        settings.chat_max_pending = _int_env("TUNEFORGE_CHAT_MAX_PENDING", settings.chat_max_pending)
+        settings.chat_retry_after_seconds = _int_env("TUNEFORGE_CHAT_RETRY_AFTER_SECONDS", settings.chat_retry_after_seconds)
+        settings.chat_timeout_seconds = _float_env("TUNEFORGE_CHAT_TIMEOUT_SECONDS", settings.chat_timeout_seconds)
         for name in LIMIT_FIELDS:
             setattr(settings, name, _int_env(f"TUNEFORGE_{name.upper()}", getattr(settings, name)))
         settings.allowed_hosts = _list_env("TUNEFORGE_ALLOWED_HOSTS") or ()

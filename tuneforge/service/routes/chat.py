@@ -1,23 +1,34 @@
-"""/v1/models and /v1/chat/completions (plain and streamed as server-sent events, like OpenAI)."""
+"""/v1/models and /v1/chat/completions (plain and streamed as server-sent events, like OpenAI).
+
+What a chat request may hold and how it maps onto the inference process is service/chat_completions.py;
+this module is the HTTP around it: admission (429 with retry-after when the model's queue is full),
+errors in OpenAI's envelope (504 on timeout), and cancelling generation when the client disconnects.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from contextlib import aclosing
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import select
+from starlette.background import BackgroundTask
 
+from tuneforge.service.chat_completions import ChunkAssembler, completion
+from tuneforge.service.chat_completions import inference_request as build_inference_request
 from tuneforge.service.deps import OrgDep, SessionDep, SettingsDep
-from tuneforge.service.errors import APIError, not_found
-from tuneforge.service.inference_client import InferenceError
-from tuneforge.service.limits import check_chat_tokens
+from tuneforge.service.errors import APIError, envelope, not_found, rate_limited_response
+from tuneforge.service.inference_client import InferenceError, Overloaded
+from tuneforge.service.limits import RateLimited, check_chat_tokens
 from tuneforge.service.model_ids import find_model, published_job
 from tuneforge.service.schemas import ChatCompletionCreate, model_public
 from tuneforge.service.store import Job, new_id
 
 router = APIRouter(prefix="/v1")
+DISCONNECT_POLL_SECONDS = 0.25
 
 
 @router.get("/models")
@@ -68,20 +79,14 @@ def _resolve(session, settings, org_id: str, model_id: str) -> tuple[str, str | 
     return ref.base, str(ref.weights) if ref.weights is not None else None
 
 
-def _chunk(
-    completion_id: str, created: int, model: str, delta: dict, finish_reason: str | None, usage: dict | None = None
-) -> str:
-    body = {
-        "id": completion_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "system_fingerprint": None,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-    }
-    if usage is not None:
-        body["choices"] = []
-        body["usage"] = usage
+def _error_response(exc: InferenceError) -> JSONResponse:
+    if isinstance(exc, Overloaded):
+        return rate_limited_response(RateLimited(str(exc), exc.retry_after, code=exc.code))
+    error_type = "server_error" if exc.status >= 500 else "invalid_request_error"
+    return envelope(exc.status, str(exc), exc.code, error_type=error_type)
+
+
+def _sse(body: dict) -> str:
     return f"data: {json.dumps(body)}\n\n"
 
 
@@ -92,76 +97,70 @@ async def chat_completions(
     check_chat_tokens(request, org.id, body)  # 429 with retry-after past the org's tokens per minute
     base, adapter = _resolve(session, settings, org.id, body.model)
     session.close()  # generation can take a while; don't hold a database connection through it
-    stop = [body.stop] if isinstance(body.stop, str) else body.stop
-    inference_request = {
-        "model": base,
-        "adapter": adapter,
-        "messages": [
-            {"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in body.messages
-        ],
-        "max_new_tokens": body.max_completion_tokens or body.max_tokens or 256,
-        "temperature": body.temperature if body.temperature is not None else 1.0,
-        "top_p": body.top_p if body.top_p is not None else 1.0,
-        "seed": body.seed,
-        "stop": stop,
-        "stream": body.stream,
-    }
+    inference_request = build_inference_request(body, base, adapter)
     client = request.app.state.inference
+    try:
+        ticket = client.admit(body.model)
+    except Overloaded as exc:
+        return _error_response(exc)
     completion_id = new_id("chatcmpl")
     created = int(time.time())
+    if body.stream:
+        return _stream(client, inference_request, ticket, body, completion_id, created)
 
-    if not body.stream:
-        result = None
-        try:
-            async for message in client.generate(inference_request):
-                result = message.get("result", result)
-        except InferenceError as exc:
-            raise APIError(503, f"Inference failed: {exc}", code="inference_failed") from exc
-        return {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": body.model,
-            "system_fingerprint": None,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": result["text"], "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": result["finish_reason"],
-                }
-            ],
-            "usage": _usage(result),
-        }
+    async def answer() -> dict:
+        async with aclosing(client.generate(inference_request, ticket)) as messages:
+            async for message in messages:
+                if "result" in message:
+                    return message["result"]
+        raise InferenceError("the inference process gave no result")
 
+    # Watch the connection while the answer is made: a client that hangs up cancels its generation.
+    task = asyncio.ensure_future(answer())
+    try:
+        while not task.done():
+            await asyncio.wait({task}, timeout=DISCONNECT_POLL_SECONDS)
+            if not task.done() and await request.is_disconnected():
+                task.cancel()
+                return Response(status_code=499)
+        result = task.result()
+    except InferenceError as exc:
+        return _error_response(exc)
+    finally:
+        if not task.done():
+            task.cancel()
+        ticket.release()
+    return completion(body, result, completion_id, created)
+
+
+def _stream(client, inference_request: dict, ticket, body, completion_id: str, created: int) -> StreamingResponse:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    assembler = ChunkAssembler(body, completion_id, created)
 
     async def events():
-        yield _chunk(completion_id, created, body.model, {"role": "assistant", "content": ""}, None)
+        # Starlette cancels this generator when the client disconnects; aclosing makes the inner generator's
+        # cleanup (the cancel line to the inference process, the ticket) run then, not at garbage collection.
         try:
-            async for message in client.generate(inference_request):
-                if "token" in message:
-                    yield _chunk(completion_id, created, body.model, {"content": message["token"]}, None)
-                elif "result" in message:
-                    result = message["result"]
-                    yield _chunk(completion_id, created, body.model, {}, result["finish_reason"])
-                    if include_usage:
-                        yield _chunk(completion_id, created, body.model, {}, None, usage=_usage(result))
+            for chunk in assembler.opening():
+                yield _sse(chunk)
+            async with aclosing(client.generate(inference_request, ticket)) as messages:
+                async for message in messages:
+                    if "token" in message:
+                        for chunk in assembler.piece(message):
+                            yield _sse(chunk)
+                    elif "result" in message:
+                        for chunk in assembler.ending(message["result"], include_usage):
+                            yield _sse(chunk)
         except InferenceError as exc:
-            error = {
-                "error": {
-                    "message": f"Inference failed: {exc}",
-                    "type": "server_error",
-                    "param": None,
-                    "code": "inference_failed",
-                }
-            }
-            yield f"data: {json.dumps(error)}\n\n"
+            kind = "server_error" if exc.status >= 500 else "invalid_request_error"
+            yield _sse({"error": {"message": str(exc), "type": kind, "param": None, "code": exc.code}})
+        finally:
+            ticket.release()
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-def _usage(result: dict) -> dict:
-    prompt, completion = int(result.get("prompt_tokens", 0)), int(result.get("completion_tokens", 0))
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
+        background=BackgroundTask(ticket.release),  # also when the body never started (client gone at once)
+    )
