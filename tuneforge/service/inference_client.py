@@ -161,13 +161,14 @@ class InferenceClient:
         request_id = f"r{next(self.ids)}"
         queue: asyncio.Queue = asyncio.Queue()
         self.queues[request_id] = queue
-        answered = False
+        sent = answered = False
         timeout = self.settings.chat_timeout_seconds
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
             process = await self._ensure_started()
             self._send({**request, "op": "generate", "id": request_id})
+            sent = True
             await process.stdin.drain()
             while True:
                 try:
@@ -184,7 +185,7 @@ class InferenceClient:
                     return
         finally:
             self.queues.pop(request_id, None)
-            if not answered:  # timed out, the client went away, or the caller stopped reading
+            if sent and not answered:  # timed out, the client went away, or the caller stopped reading
                 self.cancels_sent += 1
                 self._send({"id": request_id, "op": "cancel"})
             if ticket is not None:

@@ -101,4 +101,6 @@ async def answer(client, inference_request: dict) -> dict:
             result = message.get("result", result)
     except InferenceError as exc:
         raise RuntimeError(f"inference failed: {exc}") from None
+    if result and result.get("choices"):  # the protocol answers n choices; a grader asks for one
+        result = {**result, **result["choices"][0]}
     return result
