@@ -368,3 +368,22 @@ def test_the_inference_process_protocol(llama):
     expected = alone(base_dir, adapter, PROMPTS[0], max_new_tokens=5)
     assert results["1"]["choices"][0]["text"] == expected["text"]
     assert len(results["2"]["choices"][0]["logprobs"]["content"][0]["top_logprobs"]) == 2
+
+
+@pytest.mark.parametrize("architecture", ["mistral", "gemma3", "phi3"])
+def test_sliding_window_and_fused_projection_models_batch_continuously(architecture, tmp_path):
+    """Mistral's and Gemma 3's sliding window (16 here, answers run past it) and Phi-3's fused projections:
+    rows joining a running batch answer as the model alone."""
+    base = str(build_tiny_model(architecture, tmp_path / "base"))
+    adapter = make_lora(base, tmp_path / "adapter", 1, **ADAPTER_CONFIGS["plain"])
+    engine = Engine(load=fp32_cpu, background=False)
+    emit = run(engine, request("warm", PROMPTS[0], model=base, adapter=adapter, max_new_tokens=1))
+    plan = [(f"r{i}", [None, adapter][i % 2], PROMPTS[i % 4], 20 + 3 * i) for i in range(5)]
+    for request_id, folder, messages, max_new in plan:
+        engine.submit(request(request_id, messages, model=base, adapter=folder, max_new_tokens=max_new), emit)
+        engine.step()
+        engine.step()
+    engine.run_until_idle()
+    assert engine.stats["joined_running"] >= 3
+    for request_id, folder, messages, max_new in plan:
+        assert emit.result(request_id)["choices"][0]["text"] == alone(base, folder, messages, max_new_tokens=max_new)["text"]
