@@ -97,9 +97,11 @@ def core(model):
 
 
 def final_hidden_states(model, batch) -> torch.Tensor:
-    """What the output head reads: the decoder body's last hidden states (after its final norm)."""
+    """What the output head reads: the decoder body's last hidden states (after its final norm). A packed batch
+    (`data.batching.collate_packed`) has position_ids and no attention mask: documents attend only to themselves."""
     return core(model).get_decoder()(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch.get("position_ids"),
+        use_cache=False,
     ).last_hidden_state
 
 
