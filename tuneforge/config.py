@@ -27,6 +27,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 LOSS_TYPES = ("sigmoid", "ipo", "simpo")
 GUARD_METHODS = ("kl", "replay", "off")  # tuneforge/forgetting_guard.py
 TRACKERS = ("tensorboard", "mlflow", "trackio", "wandb")  # tuneforge/tracking.py, one class each
+PACKINGS = ("auto", "on", "off")  # tuneforge/data/batching.py pack_micro_batches; auto: recipes/sft.py
 EXAMPLES = Path(__file__).parent / "configs"  # METHOD.yaml for each method, shipped in the package
 
 # The recipes that read a key (tuneforge/recipes/<method>.py with the shared run shell and trainable.py).
@@ -87,6 +88,8 @@ class TrainConfig:
     dtype: str = setting("auto", "compute dtype: auto, float32 or bfloat16")
     gradient_checkpointing: bool = setting(False, "recompute activations during backward: less memory, slower")
     compile: bool = setting(False, "torch.compile each decoder block")
+    packing: str = setting("auto", "several examples per row, each attending only to itself (no padding): on, off "
+                           "or auto (on where it measures faster: docs/benchmarks.md)", ("sft",))
     # Logging, evaluation, checkpoints.
     log_every: int = setting(1, "write a train record to metrics.jsonl every N steps")
     eval_every: int | None = setting(None, "measure the validation data every N steps; none: about 5 times a run")
@@ -311,6 +314,7 @@ def _check_ranges(config: TrainConfig) -> list[Problem]:
 
     require(config.method in METHODS, "method", f"method: expected one of {', '.join(METHODS)}, got {config.method!r}")
     require(config.lr_schedule in SCHEDULES, "lr_schedule", f"lr_schedule: expected one of {', '.join(SCHEDULES)}")
+    require(config.packing in PACKINGS, "packing", f"packing: expected one of {', '.join(PACKINGS)}, got {config.packing!r}")
     require(config.dtype in ("auto", "float32", "bfloat16"), "dtype", "dtype: expected auto, float32 or bfloat16")
     require(config.epochs > 0, "epochs", "epochs: must be > 0")
     require(config.max_steps is None or config.max_steps > 0, "max_steps", "max_steps: must be > 0")
