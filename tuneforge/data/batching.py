@@ -69,3 +69,54 @@ def collate(examples: list[TokenizedExample], pad_id: int, device=None) -> dict[
 def count_trained_targets(examples: list[TokenizedExample]) -> int:
     """Tokens that carry loss: trained labels at positions >= 1 (position 0 has no prediction)."""
     return sum(sum(1 for label in e.labels[1:] if label != IGNORE_INDEX) for e in examples)
+
+
+# Packing (padding-free): a micro-batch is one row holding several examples end to end. Position ids restart
+# at 0 for every document and no attention mask is passed: transformers then reads the document boundaries
+# from the position ids (`masking_utils.find_packed_sequence_indices`) and builds a block-diagonal causal mask
+# for SDPA / eager, or varlen `cu_seqlens` for flash attention, so each document attends only to itself and
+# its logits are those of the document alone.
+
+
+def pack_micro_batches(indices: list[int], lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Cut one step into packed rows of at most max_tokens tokens (first fit, longest first); an example
+    longer than the budget has a row of its own."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(indices, key=lambda i: (-lengths[i], i)):
+        for row, free in enumerate(room):
+            if lengths[index] <= free:
+                rows[row].append(index)
+                room[row] -= lengths[index]
+                break
+        else:
+            rows.append([index])
+            room.append(max_tokens - lengths[index])
+    return rows
+
+
+def collate_packed(examples: list[TokenizedExample], device=None) -> dict[str, torch.Tensor]:
+    """One row [1, total tokens]: input_ids, position_ids restarting per document, labels. The first label of
+    every document is ignored: it would be predicted from the previous document's last token."""
+    input_ids, position_ids, labels = [], [], []
+    for example in examples:
+        input_ids += example.input_ids
+        position_ids += range(len(example.input_ids))
+        labels += [IGNORE_INDEX, *example.labels[1:]]
+    batch = {
+        "input_ids": torch.tensor([input_ids]),
+        "attention_mask": None,  # the boundaries are in position_ids; a 2D mask would hide them
+        "position_ids": torch.tensor([position_ids]),
+        "labels": torch.tensor([labels]),
+    }
+    return {k: v.to(device) if v is not None else None for k, v in batch.items()} if device is not None else batch
+
+
+def padding_share(steps: list[list[int]], lengths: list[int], max_tokens: int, max_rows: int) -> float:
+    """The share of padding tokens in the padded micro-batches of these steps (what packing would save)."""
+    padded = real = 0
+    for step in steps:
+        for micro in split_micro_batches(step, lengths, max_tokens, max_rows):
+            padded += len(micro) * max(lengths[i] for i in micro)
+            real += sum(lengths[i] for i in micro)
+    return 1 - real / max(padded, 1)

@@ -3,6 +3,10 @@
 One readable loop, top to bottom: data -> tokens and mask -> length-grouped steps -> micro-batches ->
 fused linear+CE on trained positions only -> AdamW with warmup+decay -> checkpoints -> outputs.
 
+Packing (`packing`, `choose_packing`): a micro-batch is then one row of several examples end to end, each
+attending only to itself (`data.batching.collate_packed`); the trained tokens and their normaliser are the
+same, so the update is that of the padded micro-batches.
+
 Loss normalisation: every micro-batch's summed token loss is divided by the number of trained tokens
 in the whole optimizer step (all micro-batches of the accumulation window), so the update does not
 depend on how a step is cut into micro-batches (batch 8 x accumulation 1 == batch 1 x accumulation 8),
@@ -20,7 +24,15 @@ import torch
 from tuneforge import distributed, generation
 from tuneforge.checkpoint import restore_trainable, save_weights, trainable_state
 from tuneforge.config import TrainConfig
-from tuneforge.data.batching import collate, count_trained_targets, plan_epoch, split_micro_batches
+from tuneforge.data.batching import (
+    collate,
+    collate_packed,
+    count_trained_targets,
+    pack_micro_batches,
+    padding_share,
+    plan_epoch,
+    split_micro_batches,
+)
 from tuneforge.data.formats import Conversation, load_conversations
 from tuneforge.data.replay import (
     BUILTIN_SELF,
@@ -35,7 +47,12 @@ from tuneforge.forgetting_guard import Guard, build_guard, guard_loss_sum
 from tuneforge.losses import linear_cross_entropy_sum, shifted_trained_positions
 from tuneforge.recipes import run
 from tuneforge.schedule import step_plan
-from tuneforge.trainable import autocast_for, build_model, final_hidden_states, output_head
+from tuneforge.trainable import autocast_for, build_model, core, final_hidden_states, output_head
+
+# packing=auto packs where the padded micro-batches would be at least this much padding (bench/packing.py,
+# docs/benchmarks.md): below it, the block-diagonal mask's wasted attention and the longer rows cost more
+# than the padding saved.
+PACKING_MIN_PADDING_SHARE = 0.15
 
 
 def tokenize_all(tokenizer, conversations: list[Conversation], max_length: int, path: str) -> list[TokenizedExample]:
@@ -73,8 +90,8 @@ class TrainedTokenLoss(torch.nn.Module):
         self.model = model
         self._guard = [guard]  # in a list: a full fine-tune's frozen base must stay out of DDP / FSDP's module tree
 
-    def forward(self, input_ids, attention_mask, labels, guard_pass: bool = False):
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    def forward(self, input_ids, attention_mask, labels, position_ids=None, guard_pass: bool = False):
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "position_ids": position_ids}
         if guard_pass:
             return guard_loss_sum(self.model, self._guard[0], batch)
         return micro_batch_loss_sum(self.model, batch)
@@ -107,6 +124,20 @@ def validation_loss(
     total, count = distributed.sum_over_ranks([total, float(count)], world)
     model.train(was_training)
     return total / max(count, 1)
+
+
+def choose_packing(config: TrainConfig, model, lengths: list[int], examples_per_step: int, micro_tokens: int) -> tuple[bool, str]:
+    """(pack?, why) for this run. auto: varlen flash attention packs for free; otherwise pack where the padded
+    micro-batches of the first epoch would carry at least PACKING_MIN_PADDING_SHARE padding."""
+    if config.packing != "auto":
+        return config.packing == "on", f"packing={config.packing}"
+    if "flash" in str(getattr(core(model).config, "_attn_implementation", "")):
+        return True, "auto: flash attention (varlen)"
+    share = padding_share(plan_epoch(lengths, examples_per_step, config.seed, 0), lengths, micro_tokens,
+                          config.batch_size)
+    packed = share >= PACKING_MIN_PADDING_SHARE
+    return packed, f"auto: padding would be {share:.0%} of the tokens ({'>=' if packed else '<'} " \
+                   f"{PACKING_MIN_PADDING_SHARE:.0%})"
 
 
 def self_replay_rows(model, tokenizer) -> list[Conversation]:
@@ -149,8 +180,15 @@ def train(config: TrainConfig) -> dict:
                                   config.warmup_ratio)
     guard = build_guard(config, model, tokenizer, dtype, total_steps)  # before any weight moves: it needs the base
     loss_model = distributed.wrap(TrainedTokenLoss(model, guard), model, world, config.full)
+    packed, packing_why = choose_packing(config, model, lengths, examples_per_step, micro_tokens)
+    if packed:  # one row per micro-batch, under the same token budget
+        def split(share):
+            return pack_micro_batches(share, lengths, micro_tokens)
+    else:
+        def split(share):
+            return split_micro_batches(share, lengths, micro_tokens, config.batch_size)
 
-    describe = f"sft {'full' if config.full else f'LoRA r={config.lora_r}'}"
+    describe = f"sft {'full' if config.full else f'LoRA r={config.lora_r}'}, {'packed' if packed else 'padded'} ({packing_why})"
     if guard:
         describe += f" + forgetting guard ({guard.method}, {guard.per_step:g}/step)"
     best_valid, evals_since_best, best_step, best_weights = math.inf, 0, None, None  # early stopping
@@ -160,16 +198,17 @@ def train(config: TrainConfig) -> dict:
         for step in run.steps(shell, lambda epoch: plan_epoch(lengths, examples_per_step, config.seed, epoch)):
             window = [train_examples[i] for i in step.indices]
             window_targets = count_trained_targets(window)
-            passes = [(train_examples, micro, weight, window_targets, False) for micro, weight in distributed.forward_passes(
-                step.indices, lengths, world, lambda share: split_micro_batches(share, lengths, micro_tokens, config.batch_size)
-            )]
+            passes = [(train_examples, micro, weight, window_targets, False)
+                      for micro, weight in distributed.forward_passes(step.indices, lengths, world, split)]
             guard_window, guard_passes = guard.passes_for_step(step.number, world, micro_tokens, config.batch_size) \
                 if guard else ([], [])
             passes += guard_passes
             step_loss = guard_loss = 0.0
             for position, (pool, micro, weight, normaliser, guard_pass) in enumerate(passes):
                 started = time.perf_counter()
-                batch = collate([pool[i] for i in micro], pad_id, device)
+                # The guard's conversations keep their own padded batches (its KL reads the base on the same batch).
+                rows = [pool[i] for i in micro]
+                batch = collate_packed(rows, device) if packed and not guard_pass else collate(rows, pad_id, device)
                 with distributed.gradient_sync(loss_model, sync=position == len(passes) - 1):
                     with autocast_for(device, dtype):
                         loss_sum, _ = loss_model(**batch, guard_pass=True) if guard_pass else loss_model(**batch)
@@ -209,6 +248,7 @@ def train(config: TrainConfig) -> dict:
             "n_examples": len(train_examples),
             "n_validation_examples": len(valid_examples),
             "n_replay_examples": len(replay),
+            "packing": {"packed": packed, "why": packing_why},
             "forgetting_guard": guard.summary() if guard else {"method": "off"},
             "best_valid_loss": round(best_valid, 6) if best_step is not None else None,
             "best_step": best_step,
