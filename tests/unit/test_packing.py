@@ -17,7 +17,13 @@ from safetensors.torch import load_file
 from tests.conftest import make_tokenizer, write_jsonl
 from tests.tiny_models import build_tiny_model
 from tuneforge.config import build_config
-from tuneforge.data.batching import collate, collate_packed, count_trained_targets, pack_micro_batches, split_micro_batches
+from tuneforge.data.batching import (
+    collate,
+    collate_packed,
+    count_trained_targets,
+    pack_micro_batches,
+    split_micro_batches,
+)
 from tuneforge.data.tokenize import tokenize_conversation
 from tuneforge.recipes.sft import micro_batch_loss_sum, train
 
