@@ -17,7 +17,7 @@ import argparse
 import sys
 
 from tuneforge import __version__
-from tuneforge.commands import config, data, evaluate, export, generate, train
+from tuneforge.commands import advise, config, data, evaluate, export, generate, train
 from tuneforge.errors import UserError
 
 # Each function adds one verb's parser; the verb runs as `args.func(args)`.
@@ -26,6 +26,7 @@ VERBS = (
     generate.add_generate_command,
     evaluate.add_eval_command,
     data.add_validate_command,
+    advise.add_advise_command,
     data.add_preview_command,
     data.add_split_command,
     data.add_dedup_command,

@@ -4,6 +4,7 @@
     generate.py   tuneforge generate      (a model answers, or chats)
     evaluate.py   tuneforge eval | compare
     data.py       tuneforge validate | preview | split | dedup
+    advise.py     tuneforge advise        (before training: prompting vs a fine-tune, learning curve)
     export.py     tuneforge export
     config.py     tuneforge config        (every training config key)
 

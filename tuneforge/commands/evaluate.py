@@ -91,6 +91,21 @@ def add_compare_command(subparsers) -> None:
     p.add_argument("--window-tokens", type=int, default=128,
                    help="tokens per general-text window (default: %(default)s)")
     p.add_argument("--no-forgetting", action="store_true", help="skip the forgetting measurements")
+    p.add_argument("--consistency", type=int, default=0, metavar="N",
+                   help="also sample N answers per input (prompted base and fine-tune) and answer paraphrased "
+                        "inputs: agreement, format and style under sampling, answer-length spread (default: off)")
+    p.add_argument("--temperature", type=float, default=0.7,
+                   help="sampling temperature for --consistency (default: %(default)s)")
+    p.add_argument("--consistency-inputs", type=int, default=32,
+                   help="first test inputs measured for --consistency (default: %(default)s)")
+    p.add_argument("--paraphrases", type=int, default=2,
+                   help="rule-based paraphrases per input for --consistency (default: %(default)s)")
+    p.add_argument("--paraphrase-file", help='your own paraphrases, JSONL of {"input": ..., "paraphrases": [...]} '
+                   "(default: rule-based)")
+    p.add_argument("--style-regex", help="style: an answer passes when this regex matches in it (default: none)")
+    p.add_argument("--style-schema", help="style: an answer passes when it is JSON valid against this schema")
+    p.add_argument("--style-python", help="style: a Python file defining check(answer) -> bool, run in its own "
+                   "process (default: none)")
     p.set_defaults(func=run_compare)
 
 
@@ -99,6 +114,7 @@ def run_compare(args) -> int:
     from tuneforge.evaluate.compare import compare
     from tuneforge.evaluate.report import write_report
     from tuneforge.evaluate.run import load_eval_set
+    from tuneforge.evaluate.run_card import write_run_card
 
     if args.data:
         load_eval_set(args.data)  # bad data fails before any model loads
@@ -110,6 +126,13 @@ def run_compare(args) -> int:
         raise UserError("--shots must be >= 0 and --limit >= 1")
     if args.max_general_drop is not None and args.no_forgetting:
         raise UserError("--max-general-drop gates the forgetting measurement; drop --no-forgetting")
+    if args.consistency < 0 or args.temperature <= 0 or args.consistency_inputs < 1 or args.paraphrases < 0:
+        raise UserError("--consistency, --paraphrases must be >= 0, --temperature > 0, --consistency-inputs >= 1")
+    from tuneforge.evaluate.consistency import style_check
+
+    style = style_check(args.style_regex, args.style_schema, args.style_python)
+    if style is not None and not args.consistency:
+        raise UserError("--style-* is scored across --consistency samples: add --consistency N")
     report = compare(
         args.data,
         args.adapter,
@@ -128,14 +151,21 @@ def run_compare(args) -> int:
         forgetting_windows=args.forgetting_windows,
         window_tokens=args.window_tokens,
         forgetting=not args.no_forgetting,
+        consistency=args.consistency,
+        temperature=args.temperature,
+        paraphrases=args.paraphrases,
+        paraphrase_file=args.paraphrase_file,
+        style=style,
+        consistency_inputs=args.consistency_inputs,
         progress=lambda message: print(f"tuneforge compare: {message}", file=sys.stderr),
     )
     output = Path(args.output) if args.output else Path(args.adapter) / "report"
     paths = write_report(report, output)
+    card = write_run_card(args.adapter, report)
     print(report["verdict"])
     if report["passed"] is False:
         from tuneforge.evaluate.compare import FORGETTING_HINT
 
         print(FORGETTING_HINT, file=sys.stderr)
-    print(f"report: {paths['html']}", file=sys.stderr)
+    print(f"report: {paths['html']}" + (f"; run card: {card['md']}" if card else ""), file=sys.stderr)
     return 1 if report["passed"] is False else 0

@@ -34,14 +34,20 @@ from tuneforge.evaluate.run import answer_budget, load_eval_set, split_prompt_an
 VARIANTS = ("zero_shot", "few_shot", "fine_tuned")
 
 
-def select_shots(path: str | Path, k: int, seed: int = 0) -> list[tuple[str, str]]:
-    """K (user, assistant) pairs from a training file, sampled deterministically by seed."""
+def shot_pairs(conversations) -> list[tuple[str, str]]:
+    """(last user turn, answer) of each conversation that has a user turn: what a few-shot prompt shows."""
     pairs = []
-    for conversation in load_conversations(path):
+    for conversation in conversations:
         prompt, answer = split_prompt_and_reference(conversation.messages)
         users = [m["content"] for m in prompt if m["role"] == "user"]
         if users:
             pairs.append((users[-1], answer))
+    return pairs
+
+
+def select_shots(path: str | Path, k: int, seed: int = 0) -> list[tuple[str, str]]:
+    """K (user, assistant) pairs from a training file, sampled deterministically by seed."""
+    pairs = shot_pairs(load_conversations(path))
     if k > len(pairs):
         raise UserError(f"--shots {k} but only {len(pairs)} usable examples", path=str(path))
     return random.Random(seed).sample(pairs, k)
@@ -180,6 +186,18 @@ def read_training_curves(adapter: str | Path) -> dict:
     return curves
 
 
+def read_advice(adapter: str | Path) -> dict | None:
+    """ADAPTER_DIR/advice.json (`tuneforge advise --output ADAPTER_DIR` before training), without its examples."""
+    try:
+        advice = json.loads((Path(adapter) / "advice.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(advice, dict):
+        return None
+    advice.pop("shots_examples", None)
+    return advice
+
+
 def read_forgetting_guard(adapter: str | Path) -> dict | None:
     """The training run's forgetting guard, `{"method": "kl", "seconds": 57.9, ...}` or `{"method": "off"}`, from
     ADAPTER_DIR/summary.json; None when the run wrote none (older runs, full model dirs, other tools' adapters)."""
@@ -207,8 +225,12 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def verdict(report: dict) -> str:
     """One line a builder can act on: fine-tuned against the best prompt-only variant, and the forgetting gate."""
+    from tuneforge.evaluate.consistency import consistency_line
+
     variants = report["variants"]
     line = task_verdict(variants) if variants else "no test set: task not measured"
+    if report.get("consistency"):
+        line += "; " + consistency_line(report["consistency"])
     forgetting = report.get("forgetting")
     if forgetting:
         line += "; " + forgetting_verdict(forgetting)
@@ -292,11 +314,20 @@ def compare(
     forgetting_windows: int = 32,
     window_tokens: int = 128,
     forgetting: bool = True,
+    consistency: int = 0,
+    temperature: float = 0.7,
+    paraphrases: int = 2,
+    paraphrase_file: str | None = None,
+    style=None,
+    consistency_inputs: int = 32,
     progress=None,
 ) -> dict:
     """Evaluate base zero-shot, base few-shot and the fine-tuned model on `data`; measure forgetting.
 
-    Without `data` (a service job with no validation file) only forgetting is measured."""
+    Without `data` (a service job with no validation file) only forgetting is measured. `consistency` N > 0:
+    the prompted base (few-shot when there are shots) and the fine-tune also answer the first
+    `consistency_inputs` prompts N times at `temperature` and greedily under paraphrase
+    (`consistency.measure_consistency`); `style` is a `consistency.StyleCheck`."""
     from tuneforge.evaluate.forgetting import measure_forgetting
     from tuneforge.models import adapter_base_spec, load_model
 
@@ -326,6 +357,16 @@ def compare(
             variants["few_shot"] = run_variant(base, tokenizer, few, references, tools, **options)
         say(f"fine-tuned on {len(prompts)} examples")
         variants["fine_tuned"] = run_variant(tuned, tuned_tokenizer, prompts, references, tools, **options)
+    consistency_report = None
+    if prompts and consistency > 0:
+        from tuneforge.evaluate.consistency import measure_variants
+
+        consistency_report = measure_variants(
+            {"few_shot" if chosen_shots else "zero_shot": (base, tokenizer, chosen_shots),
+             "fine_tuned": (tuned, tuned_tokenizer, [])},
+            variants, prompts[:consistency_inputs], references[:consistency_inputs], tools[:consistency_inputs],
+            n_samples=consistency, temperature=temperature, paraphrases=paraphrases, paraphrase_file=paraphrase_file,
+            checker=checker, style=style, seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens, say=say)
     report = {
         "data": str(data) if data else None,
         "adapter": str(adapter),
@@ -336,8 +377,15 @@ def compare(
         "seed": seed,
         "variants": variants,
         "training": read_training_curves(adapter),
+        "advice": read_advice(adapter),
         "forgetting_guard": read_forgetting_guard(adapter),
         "forgetting": None,
+        "consistency": consistency_report,
+        "command": compare_command(data, adapter, model=model, shots=shots, shots_from=shots_from,
+                                   format_regex=format_regex, json_schema=json_schema, max_forgetting=max_forgetting,
+                                   max_general_drop=max_general_drop, limit=limit, seed=seed, forgetting=forgetting,
+                                   consistency=consistency, temperature=temperature, paraphrases=paraphrases,
+                                   paraphrase_file=paraphrase_file, style=style),
     }
     if forgetting:
         say("forgetting: perplexity and KL on general text, general questions by category, instruction following")
@@ -353,6 +401,31 @@ def compare(
     report["passed"] = report["forgetting"]["passed"] if report["forgetting"] else None
     report["verdict"] = verdict(report)
     return report
+
+
+def compare_command(data, adapter, *, model, shots, shots_from, format_regex, json_schema, max_forgetting,
+                    max_general_drop, limit, seed, forgetting, consistency, temperature, paraphrases, paraphrase_file,
+                    style) -> list[str]:
+    """The `tuneforge compare` line that measures this report again (the run card prints it)."""
+    command = ["tuneforge", "compare", "--adapter", str(adapter)]
+    for flag, value in (("--data", data), ("--model", model), ("--shots-from", shots_from),
+                        ("--format-regex", format_regex), ("--json-schema", json_schema),
+                        ("--max-forgetting", max_forgetting), ("--max-general-drop", max_general_drop),
+                        ("--limit", limit), ("--paraphrase-file", paraphrase_file)):
+        if value is not None:
+            command += [flag, str(value)]
+    if shots:
+        command += ["--shots", str(shots)]
+    command += ["--seed", str(seed)]
+    if consistency:
+        command += ["--consistency", str(consistency), "--temperature", f"{temperature:g}"]
+        if not paraphrase_file:
+            command += ["--paraphrases", str(paraphrases)]
+        if style is not None:
+            command += list(style.flag)
+    if not forgetting:
+        command.append("--no-forgetting")
+    return command
 
 
 FORGETTING_HINT = (

@@ -134,6 +134,91 @@ def plot_forgetting(forgetting: dict, path: Path) -> Path:
     return path
 
 
+def plot_learning_curve(advice: dict, path: Path) -> Path:
+    """The learning curve (metric on the held-out part against training examples, log scale), the best
+    prompt and the target as lines, and the extrapolation to twice the data with its interval."""
+    plt = _pyplot()
+    curve = advice["learning_curve"]
+    ns = [p["examples"] for p in curve["points"]]
+    values = [100 * p["metric"] for p in curve["points"]]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    ax.plot(ns, values, "o-", color=COLORS["fine_tuned"], label="short fine-tune")
+    best = advice["prompting"][advice["best_prompting"]]
+    ax.axhline(100 * best["metric"], color=COLORS["few_shot"], linestyle=":",
+               label=f"base {advice['best_prompting'].replace('_', '-')}")
+    ax.axhline(100 * advice["target"], color="#d33", linestyle="--", label="target")
+    ext = curve.get("extrapolation")
+    if ext:
+        to_n, last = ext["to_examples"], values[-1]
+        ax.errorbar([to_n], [min(100, last + 100 * ext["gain"])],
+                    yerr=[[100 * (ext["gain"] - ext["gain_low"])], [100 * (ext["gain_high"] - ext["gain"])]],
+                    fmt="s", color="#888", capsize=4, label="extrapolated (90%)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("training examples")
+    ax.set_ylabel(f"{advice['metric'].replace('_', ' ')} (%)")
+    ax.set_ylim(-2, 105)
+    ax.set_title("Learning curve on the held-out part")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _advice_html(report: dict) -> str:
+    """The advice given before training (advice.json beside the adapter) and its learning curve."""
+    advice = report.get("advice")
+    if not advice:
+        return ""
+    esc = html.escape
+    rows = "".join(f"<tr><td>{esc(name.replace('_', '-'))}</td><td>{_fmt(v['metric'], 'pct')}</td>"
+                   f"<td>{_fmt(v['mean_prompt_tokens'])}</td></tr>" for name, v in advice["prompting"].items())
+    curve = advice.get("learning_curve") or {}
+    points = "".join(f"<tr><td>{p['examples']}</td><td>{p['steps']}</td><td>{_fmt(p['metric'], 'pct')}</td></tr>"
+                     for p in curve.get("points") or [])
+    ext = curve.get("extrapolation")
+    ext_line = (f"<p>{ext['to_examples'] - ext['from_examples']} more examples would likely add "
+                f"{100 * ext['gain']:+.1f} points (90% interval {100 * ext['gain_low']:+.1f} to "
+                f"{100 * ext['gain_high']:+.1f}; log-linear fit, bootstrap over held-out examples).</p>" if ext else "")
+    curve_html = (f'<h3>Learning curve</h3><table id="learning-curve"><tr><th>examples</th><th>steps</th>'
+                  f"<th>{esc(advice['metric'])}</th></tr>{points}</table>{ext_line}" if points else "")
+    return (f'<h2>Before training: the advice</h2><p class="verdict" id="advice">{esc(advice["summary"])}</p>'
+            f"<p>Held out {advice['n_held_out']} of {advice['n_examples']} training examples (seed {advice['seed']}), "
+            f"target {_fmt(advice['target'], 'pct')} {esc(advice['metric'])}.</p><table><tr><th>base prompt</th>"
+            f"<th>{esc(advice['metric'])}</th><th>prompt tokens</th></tr>{rows}</table>{curve_html}")
+
+
+CONSISTENCY_ROWS = (
+    ("agreement across samples", "sample_agreement", "pct"),
+    ("distinct answers per input", "distinct_answers", ""),
+    ("exact match over samples", "sample_exact_match", "pct"),
+    ("format valid over samples", "format_valid_sampled", "pct"),
+    ("style check over samples", "style_pass_sampled", "pct"),
+    ("mean answer tokens", "answer_tokens_mean", ""),
+    ("answer-length spread (tokens, per input)", "answer_tokens_spread", ""),
+)
+
+
+def _consistency_html(report: dict) -> str:
+    consistency = report.get("consistency")
+    if not consistency:
+        return ""
+    models = {k: v for k, v in consistency.items() if isinstance(v, dict) and "sample_agreement" in v}
+    head = "".join(f"<th>{html.escape(LABELS.get(n, n))}</th>" for n in models)
+    rows = [(label, [v.get(key) for v in models.values()], kind) for label, key, kind in CONSISTENCY_ROWS]
+    rows += [(f"under paraphrase: {label}", [(v.get("paraphrase") or {}).get(key) for v in models.values()], "pct")
+             for label, key in (("answer unchanged", "agreement"), ("exact match", "exact_match"),
+                                ("format valid", "format_valid"), ("style check", "style_pass"))]
+    body = "".join(f"<tr><td>{label}</td>" + "".join(f"<td>{_fmt(x, kind)}</td>" for x in values) + "</tr>"
+                   for label, values, kind in rows if any(x is not None for x in values))
+    first = next(iter(models.values()))
+    style = f", style: <code>{html.escape(first['style'])}</code>" if first.get("style") else ""
+    return (f'<h2>Consistency</h2><p>First {consistency["inputs"]} test inputs, {first["n_samples"]} samples each at '
+            f"temperature {first['temperature']:g}; paraphrases: {html.escape(str(consistency['paraphrase_source']))}"
+            f"{style}.</p><table id='consistency'><tr><th></th>{head}</tr>{body}</table>")
+
+
 def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
@@ -230,7 +315,9 @@ td.worse {{ color: #d33; }} img {{ max-width: 100%; }} table.examples td {{ text
 </style></head><body>
 <h1>Zero-shot vs few-shot vs fine-tuned</h1>
 <p class="verdict" id="verdict">{esc(report["verdict"])}</p>
+{_advice_html(report)}
 {_task_html(report, head, body)}
+{_consistency_html(report)}
 <h2>Forgetting</h2><p>General text: <code>{esc(corpus.get("name", "–"))}</code> (Python {esc(corpus.get("python", "–"))},
 sha256 {esc(corpus.get("sha256", "–")[:16])}…).</p><table>{forgetting_rows}</table>
 {forgetting_details}
@@ -333,6 +420,8 @@ def write_report(report: dict, output: str | Path) -> dict[str, Path]:
     loss = plot_loss_curves(report.get("training") or {}, output / "loss_curves.png")
     if loss:
         images["training and validation loss"] = loss
+    if (report.get("advice") or {}).get("learning_curve"):
+        images["learning curve"] = plot_learning_curve(report["advice"], output / "learning_curve.png")
     if report["variants"]:
         images["variants"] = plot_variants(report["variants"], output / "variants.png")
     if report.get("forgetting"):
