@@ -65,10 +65,18 @@ def save_weights(model, tokenizer, folder: Path, writer: bool = True) -> None:
         return
     folder.mkdir(parents=True, exist_ok=True)
     if whole is None:
-        model.save_pretrained(folder, safe_serialization=True)
+        model.save_pretrained(folder, safe_serialization=True, **adapter_conversion(model))
     else:
-        model.save_pretrained(folder, state_dict=whole, safe_serialization=True)
+        model.save_pretrained(folder, state_dict=whole, safe_serialization=True, **adapter_conversion(model))
     tokenizer.save_pretrained(folder)
+
+
+def adapter_conversion(model) -> dict:
+    """save_pretrained's arguments that turn a PiSSA / OLoRA adapter (trained against the residual its
+    initialisation left in the base) into plain LoRA for the original base; none for any other model. The
+    initial adapter is written by `trainable.new_adapter`."""
+    initial = getattr(model, "initial_adapter_dir", None) if is_peft_model(model) else None
+    return {"path_initial_model_for_weight_conversion": initial} if initial else {}
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -167,7 +175,7 @@ def save_checkpoint(
     (staging / "state.json").write_text(json.dumps({"optimizer": optim_meta, "rng": rng_meta, "progress": progress}))
     if is_peft_model(model):
         # A usable adapter at every checkpoint (the service lists these as fine-tuned model checkpoints).
-        model.save_pretrained(staging / "adapter", safe_serialization=True)
+        model.save_pretrained(staging / "adapter", safe_serialization=True, **adapter_conversion(model))
     _fsync_tree(staging)
     write_json_atomic(staging / MANIFEST, {"step": step, "complete": True, "progress": progress})
     shutil.rmtree(final, ignore_errors=True)

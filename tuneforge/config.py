@@ -27,6 +27,11 @@ SCHEDULES = ("cosine", "linear", "constant")
 LOSS_TYPES = ("sigmoid", "ipo", "simpo")
 GUARD_METHODS = ("kl", "replay", "off")  # tuneforge/forgetting_guard.py
 TRACKERS = ("tensorboard", "mlflow", "trackio", "wandb")  # tuneforge/tracking.py, one class each
+QUANTIZE = ("none", "4bit", "8bit")  # the frozen base through bitsandbytes (tuneforge/models.py)
+LORA_INITS = ("default", "gaussian", "pissa", "olora", "loftq")  # PEFT's init_lora_weights (tuneforge/trainable.py)
+# Initialisations that move the principal part of each weight into the adapter: the adapter-off model is the
+# residual, not the base.
+RESIDUAL_INITS = ("pissa", "olora")
 PACKINGS = ("auto", "on", "off")  # tuneforge/data/batching.py pack_micro_batches; auto: recipes/sft.py
 EXAMPLES = Path(__file__).parent / "configs"  # METHOD.yaml for each method, shipped in the package
 
@@ -71,10 +76,22 @@ class TrainConfig:
     seed: int = setting(42, "seed of the shuffle, the validation split, initialisation and sampling")
     # LoRA.
     lora_r: int = setting(16, "LoRA rank")
-    lora_alpha: float = setting(32.0, "LoRA scale numerator: updates are scaled by lora_alpha / lora_r")
+    lora_alpha: float = setting(32.0, "LoRA scale numerator: updates are scaled by lora_alpha / lora_r (use_rslora: "
+                                "lora_alpha / sqrt(lora_r))")
     lora_dropout: float = setting(0.0, "dropout on the LoRA branch's input")
     lora_target_modules: list[str] = setting(["all-linear"], "modules that get LoRA: all-linear or a comma-separated "
                                              "list of module names")
+    # QLoRA: the frozen base stored in 4 bits (NF4 with double quantisation) or 8 bits (LLM.int8) by bitsandbytes,
+    # computed in the compute dtype; merge and export dequantise the same quantised weights the adapter trained on.
+    quantize: str = setting("none", "frozen base in 4bit (NF4, double quantisation) or 8bit through bitsandbytes "
+                            "(QLoRA; LoRA only; 8bit needs CUDA); none: the compute dtype")
+    use_dora: bool = setting(False, "DoRA: LoRA on the direction of each weight plus a trained magnitude vector")
+    use_rslora: bool = setting(False, "rsLoRA: scale updates by lora_alpha / sqrt(lora_r), stable at high ranks")
+    lora_init: str = setting("default", "LoRA initialisation: default (B = 0), gaussian, pissa or olora (principal "
+                             "parts of the weights; the saved adapter is converted to plain LoRA), loftq "
+                             "(quantize=4bit: an adapter that cancels the quantisation error)")
+    loraplus_lr_ratio: float | None = setting(None, "LoRA+: learning rate of the B matrices = this x the learning "
+                                              "rate (the paper suggests 16); none: one learning rate")
     # Data and speed.
     max_length: int = setting(2048, "tokens per example (dpo, reward: per prompt + answer); the end of a longer "
                               "one is cut", NOT_GRPO, "grpo keeps whole prompts and samples max_new_tokens")
@@ -88,6 +105,10 @@ class TrainConfig:
     dtype: str = setting("auto", "compute dtype: auto, float32 or bfloat16")
     gradient_checkpointing: bool = setting(False, "recompute activations during backward: less memory, slower")
     compile: bool = setting(False, "torch.compile each decoder block")
+    neftune_noise_alpha: float | None = setting(None, "NEFTune: uniform noise on the input embeddings of training "
+                                                "passes, at most alpha / sqrt(tokens x width) (the paper: 5); none: "
+                                                "off", ("sft",), "NEFTune regularises instruction tuning; in the "
+                                                "other methods it would blur the scores they compare")
     packing: str = setting("auto", "several examples per row, each attending only to itself (no padding): on, off "
                            "or auto (on where it measures faster: docs/benchmarks.md)", ("sft",))
     # Logging, evaluation, checkpoints.
@@ -368,6 +389,63 @@ def _check_ranges(config: TrainConfig) -> list[Problem]:
     require(config.early_stopping_patience is None or config.early_stopping_patience >= 1, "early_stopping_patience",
             "early_stopping_patience: must be >= 1")
     require(bool(config.data), "data", "data: a training file is required (--data FILE)")
+    problems += _adapter_problems(config)
+    return problems
+
+
+def _adapter_problems(config: TrainConfig) -> list[Problem]:
+    """QLoRA and the PEFT variants: their ranges, and the combinations that cannot work (with why)."""
+    problems: list[Problem] = []
+
+    def require(condition: bool, keys: str | tuple[str, ...], message: str) -> None:
+        if not condition:
+            problems.append(((keys,) if isinstance(keys, str) else keys, message))
+
+    require(config.quantize in QUANTIZE, "quantize", f"quantize: expected one of {', '.join(QUANTIZE)}, "
+            f"got {config.quantize!r}")
+    require(config.lora_init in LORA_INITS, "lora_init", f"lora_init: expected one of {', '.join(LORA_INITS)}, "
+            f"got {config.lora_init!r}")
+    require(config.loraplus_lr_ratio is None or config.loraplus_lr_ratio > 0, "loraplus_lr_ratio",
+            "loraplus_lr_ratio: must be > 0")
+    require(config.neftune_noise_alpha is None or config.neftune_noise_alpha > 0, "neftune_noise_alpha",
+            "neftune_noise_alpha: must be > 0 (none turns NEFTune off)")
+    lora_only = {"quantize": config.quantize != "none", "use_dora": config.use_dora, "use_rslora": config.use_rslora,
+                 "lora_init": config.lora_init != "default", "loraplus_lr_ratio": config.loraplus_lr_ratio is not None}
+    for key, chosen in lora_only.items():
+        require(not (config.full and chosen), (key, "full"),
+                f"{key}: applies to LoRA, but full=true trains every weight (drop one of them)")
+    for key in ("use_dora", "use_rslora", "lora_init"):
+        require(not (config.init_adapter and lora_only[key]), (key, "init_adapter"),
+                f"{key}: shapes a new adapter, but init_adapter continues one whose adapter_config.json already "
+                "decides it (drop one of them)")
+    if config.lora_init == "loftq":
+        require(config.quantize == "4bit", ("lora_init", "quantize"),
+                "lora_init=loftq: LoftQ initialises the adapter to cancel a 4-bit base's quantisation error, so it "
+                "needs quantize=4bit (PEFT's LoftQ on an unquantised base rewrites the base weights, which tuneforge "
+                "never saves)")
+    if config.lora_init in RESIDUAL_INITS:
+        init = f"lora_init={config.lora_init}"
+        require(config.quantize == "none", ("lora_init", "quantize"),
+                f"{init}: the residual it leaves in the base must be computed in full precision (PEFT refuses a "
+                "quantised base): use quantize=none, or lora_init=loftq for a 4-bit base")
+        require(not config.use_dora, ("lora_init", "use_dora"),
+                f"{init}: the saved adapter is converted to plain LoRA against the original base, which PEFT does "
+                "for the low-rank pair only, not DoRA's magnitude (drop use_dora)")
+        # The adapter-off model is the residual W - B0 A0, not the base: everything that reads it as "what the
+        # base would say" would compare with a different model.
+        base_readers = []
+        if config.method != "reward" and config.forgetting_guard != "off":
+            base_readers.append(f"forgetting_guard={config.forgetting_guard} (set forgetting_guard=off)")
+        if config.method == "dpo":
+            base_readers.append("dpo's reference log-probs (start from init_adapter instead)")
+        if config.method == "grpo" and config.kl_beta > 0:
+            base_readers.append("grpo's KL to the reference (set kl_beta=0)")
+        for key in ("max_forgetting", "max_general_drop"):
+            if getattr(config, key) is not None:
+                base_readers.append(f"the {key} gate (drop it; `tuneforge compare` measures the saved adapter)")
+        require(not base_readers, ("lora_init",),
+                f"{init}: moves the principal part of each weight into the adapter, so the adapter-off model is "
+                f"no longer the base, and this run reads it as the base in: {'; '.join(base_readers)}")
     return problems
 
 

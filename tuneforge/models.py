@@ -199,6 +199,116 @@ def load_base_model(resolved: ResolvedModel, dtype=None, device: str | None = No
     return model.to(device)
 
 
+def load_quantized_base(resolved: ResolvedModel, quantize: str, compute_dtype, device: str | None = None):
+    """The base with every linear layer but the output head quantised by bitsandbytes (QLoRA's frozen base):
+    quantize="4bit" is NF4 with double quantisation (the QLoRA paper's), "8bit" is LLM.int8.
+
+    The weights are quantised from the file's values read in fp32, whatever the compute dtype, so training and
+    `dequantized_base` (merge, export, evaluation) see the same codes on every machine; what stays unquantised
+    (embeddings, norms, the head) is then stored in the compute dtype like an unquantised base's.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    device = device or default_device()
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError(f"quantize={quantize} needs bitsandbytes: pip install 'bitsandbytes>=0.48'",
+                        code="missing_bitsandbytes")
+    if quantize == "8bit" and torch.device(device).type != "cuda":
+        # Measured with bitsandbytes 0.50.2: its CPU training matmul (MatMul8bitFp) loses the int8 weights'
+        # scales after the first step and fails on the second.
+        raise UserError("quantize=8bit needs a CUDA GPU (bitsandbytes' 8-bit training path fails on the CPU); "
+                        "use quantize=4bit, which runs everywhere", code="unsupported_quantize")
+    if quantize == "4bit":
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                          bnb_4bit_compute_dtype=compute_dtype, bnb_4bit_quant_storage=torch.uint8)
+    else:
+        quantization = BitsAndBytesConfig(load_in_8bit=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        resolved.path, dtype=torch.float32, quantization_config=quantization, device_map={"": device},
+        trust_remote_code=False, use_safetensors=True,
+    )
+    for module in model.modules():
+        # bitsandbytes 0.50 repacks a 4-bit weight in place for its AVX-512 kernel on the first forward in eval
+        # mode; that kernel has no backward (later training passes send no gradient through the base) and the
+        # repacking fails on widths under its block size. The plain dequantising path serves both.
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    for parameter in model.parameters():
+        if parameter.dtype == torch.float32 and compute_dtype != torch.float32:
+            parameter.data = parameter.data.to(compute_dtype)
+    return model
+
+
+def dequantized(model, dtype):
+    """The model with each bitsandbytes linear layer replaced by a plain `nn.Linear` holding its dequantised
+    weight in `dtype`: the base a QLoRA adapter was trained on, as ordinary weights PEFT can merge into."""
+    import bitsandbytes as bnb
+    import torch
+
+    replaced = []
+    for name, module in model.named_modules():
+        if isinstance(module, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)):
+            replaced.append((name, module))
+    for name, module in replaced:
+        if isinstance(module, bnb.nn.Linear4bit):
+            weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+        else:  # LLM.int8: int8 rows with one fp32 scale each (absmax / 127); before a forward they sit on the weight
+            codes = module.weight.CB if module.weight.CB is not None else module.state.CB
+            scales = module.weight.SCB if module.weight.SCB is not None else module.state.SCB
+            weight = codes.float() * (scales.float()[:, None] / 127.0)
+        plain = torch.nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
+                                device=weight.device, dtype=dtype)
+        with torch.no_grad():
+            plain.weight.copy_(weight.to(dtype))
+            if module.bias is not None:
+                plain.bias.copy_(module.bias.to(dtype))
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, plain)
+    for parameter in model.parameters():
+        if parameter.is_floating_point():
+            parameter.data = parameter.data.to(dtype)
+    # A plain model now: transformers would otherwise refuse to save or cast it.
+    model.is_quantized = False
+    model.hf_quantizer = None
+    for attribute in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(model.config, attribute):
+            delattr(model.config, attribute)
+    return model
+
+
+def adapter_quantize(adapter_dir: Path | str) -> str:
+    """How the base of a tuneforge adapter was stored while it trained (train_config.json's `quantize`, beside
+    the adapter or in the checkpoint folder holding it): none, 4bit or 8bit."""
+    adapter_dir = Path(adapter_dir)
+    for folder in (adapter_dir, adapter_dir.parent):
+        train_config = folder / "train_config.json"
+        if train_config.is_file():
+            return json.loads(train_config.read_text()).get("quantize", "none")
+    return "none"
+
+
+def load_base_for_adapter(resolved: ResolvedModel, adapter_dir: Path | str, dtype, device: str | None = None):
+    """The base an adapter is applied to: the model itself, or for an adapter trained on a quantised base
+    (QLoRA) the same quantised weights, dequantised into `dtype`. The adapter learnt to correct the quantised
+    weights (LoftQ's starts as exactly that correction), so merging it into the unquantised ones would add the
+    quantisation error back."""
+    quantize = adapter_quantize(adapter_dir)
+    if quantize == "none":
+        return load_base_model(resolved, dtype, device)
+    device = device or default_device()
+    # 8-bit codes are read back without a forward, so a CPU merge of an adapter trained on a GPU works too.
+    if quantize == "8bit" and device == "cpu":
+        import torch
+
+        load_device = "cuda" if torch.cuda.is_available() else None
+        if load_device is None:
+            raise UserError(f"{adapter_dir}: trained on an 8-bit base, which bitsandbytes loads on a CUDA GPU only",
+                            code="unsupported_quantize")
+        return dequantized(load_quantized_base(resolved, quantize, dtype, load_device), dtype).to(device)
+    return dequantized(load_quantized_base(resolved, quantize, dtype, device), dtype)
+
+
 def load_adapter(base, adapter_dir: Path | str, is_trainable: bool = False):
     """PEFT's `from_pretrained`, but only for safetensors adapters: a `.bin` adapter is a pickle, and loading
     one can run arbitrary code, so it is refused instead of being read."""
@@ -251,7 +361,7 @@ def load_model(model: str | None = None, adapter: str | None = None, *, dtype=No
         if not (adapter_dir / "adapter_config.json").is_file():
             raise UserError(f"{adapter}: no adapter_config.json (not a tuneforge/PEFT adapter directory)")
         resolved = resolve_model(model or adapter_base_spec(adapter_dir))
-        base = load_base_model(resolved, dtype, device)
+        base = load_base_for_adapter(resolved, adapter_dir, dtype, device)
         peft_model = load_adapter(base, adapter_dir)
         tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else resolved.path
         # Merging once makes every later forward as cheap as the base model's.

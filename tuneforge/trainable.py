@@ -10,7 +10,12 @@ Loading itself (resolving `--model`, GGUF conversion, tokenizer) is `tuneforge.m
 
 from __future__ import annotations
 
+import math
+import shutil
+import tempfile
+import weakref
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
@@ -23,6 +28,7 @@ from tuneforge.models import (
     default_device,
     load_adapter,
     load_base_model,
+    load_quantized_base,
     load_tokenizer,
     portable_base_name,
     resolve_model,
@@ -51,26 +57,19 @@ def build_model(config: TrainConfig, device: str | None = None):
     # Frozen base weights in bf16 (when bf16 is the compute dtype) halve memory and skip per-step casts;
     # anything trained keeps fp32 master weights.
     storage = dtype if not config.full else torch.float32
-    model = load_base_model(resolved, dtype=storage, device=device)
+    if config.quantize != "none":
+        model = load_quantized_base(resolved, config.quantize, dtype, device)
+    else:
+        model = load_base_model(resolved, dtype=storage, device=device)
     model.config.use_cache = False
     if config.full:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
     else:
-        from peft import LoraConfig, get_peft_model
-
         if config.init_adapter:
             model = load_adapter(model, config.init_adapter, is_trainable=True)
         else:
-            targets = config.lora_target_modules
-            lora = LoraConfig(
-                r=config.lora_r,
-                lora_alpha=config.lora_alpha,
-                lora_dropout=config.lora_dropout,
-                target_modules="all-linear" if targets == ["all-linear"] else targets,
-                task_type="CAUSAL_LM",
-            )
-            model = get_peft_model(model, lora)
+            model = new_adapter(model, config, resolved.path)
         # PEFT records the base in adapter_config.json: a name a user on another machine can resolve (the hub
         # id where one is known), not this machine's cache folder; tuneforge itself finds the base from
         # train_config.json's `model`.
@@ -80,6 +79,8 @@ def build_model(config: TrainConfig, device: str | None = None):
             if parameter.requires_grad and parameter.dtype != torch.float32:
                 parameter.data = parameter.data.float()
     check_output_head(model, device, dtype)
+    if config.neftune_noise_alpha is not None:
+        add_neftune_noise(core(model).get_input_embeddings(), config.neftune_noise_alpha)
     if config.gradient_checkpointing:
         core(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.compile:
@@ -89,6 +90,66 @@ def build_model(config: TrainConfig, device: str | None = None):
             layer.compile(dynamic=True)
     model.train()
     return model, tokenizer, device, dtype
+
+
+# lora_init -> PEFT's init_lora_weights. loftq starts as the default and is replaced after the adapter exists:
+# PEFT's in-layer LoftQ quantises an unquantised base and rewrites its weights, while `replace_lora_weights_loftq`
+# fits the adapter to the error of the 4-bit base actually loaded, reading the original weights from the file.
+PEFT_INITS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora", "loftq": True}
+
+
+def new_adapter(model, config: TrainConfig, model_dir: Path):
+    """A new LoRA adapter on the base (PEFT), shaped by the config's LoRA keys."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = config.lora_target_modules
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        task_type="CAUSAL_LM",
+        use_dora=config.use_dora,
+        use_rslora=config.use_rslora,
+        init_lora_weights=PEFT_INITS[config.lora_init],
+    )
+    model = get_peft_model(model, lora)
+    if config.lora_init == "loftq":
+        from peft import replace_lora_weights_loftq
+
+        files = sorted(Path(model_dir).glob("*.safetensors"))
+        if len(files) != 1:
+            raise UserError(f"{model_dir}: lora_init=loftq reads the unquantised weights from one safetensors file "
+                            f"(PEFT's replace_lora_weights_loftq); found {len(files)}", code="loftq_needs_one_file")
+        replace_lora_weights_loftq(model, model_path=str(files[0]))
+    if config.lora_init in ("pissa", "olora"):
+        # The base now holds the residual W - B0 A0. Saved adapters are converted against these initial weights
+        # (PEFT's path_initial_model_for_weight_conversion: the pair [B, -B0] [A; A0] of rank 2r) into plain LoRA
+        # for the original base, which every loader (PEFT, merge, serving, compare) applies as usual. Resume
+        # rebuilds the same initial weights (the SVD / QR of the same base) before restoring the trained ones.
+        folder = Path(tempfile.mkdtemp(prefix="tuneforge-initial-adapter-"))
+        weakref.finalize(model, shutil.rmtree, folder, True)
+        model.save_pretrained(folder, safe_serialization=True)
+        model.initial_adapter_dir = str(folder)
+    return model
+
+
+def add_neftune_noise(embedding: torch.nn.Module, alpha: float) -> None:
+    """NEFTune (Jain et al. 2023): training passes see their input embeddings plus uniform noise in
+    [-alpha / sqrt(L d), alpha / sqrt(L d)], L the padded sequence length and d the width (as transformers'
+    Trainer scales it). Added where the embedding runs, as transformers' Trainer does, rather than by wrapping
+    the module: a wrapper renames the weight a full fine-tune saves and loosens its tie to the output head.
+
+    Only a pass that trains gets noise: the module in train mode and gradients on. Validation, generation
+    (eval mode) and the forgetting guard's teacher pass (no_grad in train mode) see the clean embeddings."""
+
+    def noisy(module, inputs, output):
+        if not (module.training and torch.is_grad_enabled()):
+            return output
+        bound = alpha / math.sqrt(output.shape[-2] * output.shape[-1])
+        return output + torch.empty_like(output).uniform_(-bound, bound)
+
+    embedding.register_forward_hook(noisy)
 
 
 def core(model):
@@ -168,12 +229,25 @@ def check_output_head(model, device: str, dtype: torch.dtype) -> None:
 
 
 def make_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in trainable if p.ndim >= 2]
-    no_decay = [p for p in trainable if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """AdamW over what trains. Each parameter group carries `lr_ratio`, its learning rate over the schedule's
+    (`run.optimizer_step` sets each group's lr from it): 1, but loraplus_lr_ratio for LoRA's B matrices (LoRA+,
+    Hayou et al. 2024: B learns faster than A). Weight decay spares vectors (biases, norms, DoRA magnitudes)."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    ratio = config.loraplus_lr_ratio
+
+    def ratio_of(name: str) -> float:
+        return ratio if ratio is not None and ".lora_B." in name else 1.0
+
+    groups = []
+    for group_ratio in sorted({1.0, *(ratio_of(name) for name, _ in named)}):
+        for decays in (True, False):
+            params = [p for name, p in named if ratio_of(name) == group_ratio and (p.ndim >= 2) == decays]
+            groups.append({"params": params, "weight_decay": config.weight_decay if decays else 0.0,
+                           "lr_ratio": group_ratio})
     groups = [g for g in groups if g["params"]]
     lr = config.resolved_learning_rate()
+    for group in groups:
+        group["lr"] = lr * group["lr_ratio"]
     try:
         return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=True)
     except (RuntimeError, TypeError):

@@ -4,7 +4,9 @@
 
 The merge is PEFT's `merge_and_unload(safe_merge=True)`: each merged weight is checked for NaN/inf before
 it replaces the original, so a broken adapter fails loudly instead of producing a model that answers
-garbage. Everything is done in fp32 on the CPU; the requested storage dtype is applied only when saving.
+garbage. Everything is done in fp32 on the CPU; the requested storage dtype is applied only when saving. An
+adapter trained on a quantised base (QLoRA, `quantize=4bit`) is merged into that base's dequantised weights, the
+ones it learnt to correct (`models.load_base_for_adapter`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def merged_model(adapter: str | None, model: str | None = None):
         ResolvedModel,
         adapter_base_spec,
         load_adapter,
+        load_base_for_adapter,
         load_base_model,
         load_tokenizer,
         resolve_model,
@@ -50,7 +53,7 @@ def merged_model(adapter: str | None, model: str | None = None):
             raise UserError(f"{adapter}: no adapter_config.json or config.json (not an adapter or model directory)")
         else:
             resolved = resolve_model(model or adapter_base_spec(adapter_dir))
-            base = load_base_model(resolved, torch.float32, "cpu")
+            base = load_base_for_adapter(resolved, adapter_dir, torch.float32, "cpu")
             peft_model = load_adapter(base, adapter_dir)
             try:
                 merged = peft_model.merge_and_unload(safe_merge=True)

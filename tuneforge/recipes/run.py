@@ -273,7 +273,7 @@ def optimizer_step(run: Run, step: Step) -> float:
     run.lr = learning_rate_at(step.number, run.total_steps, config.resolved_learning_rate(), run.warmup_steps,
                               config.lr_schedule)
     for group in run.optimizer.param_groups:
-        group["lr"] = run.lr
+        group["lr"] = run.lr * group.get("lr_ratio", 1.0)  # LoRA+ (trainable.make_optimizer)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     return run.lr
