@@ -164,6 +164,7 @@ def publish_results(session: Session, settings: Settings, job: Job, run_dir: Pat
     result_files = [_save_result(session, settings, job, step_metrics, "step_metrics.csv").id]
     reports = [name for name in COMPARE_REPORT if (run_dir / name).exists()]
     reports = reports or [name for name in RUN_REPORTS if (run_dir / name).exists()][:1]
+    reports += [name for name in ("run_card.md", "run_card.json") if (run_dir / name).exists()]  # compare writes it
     report_id = None
     for name in reports:
         with open(run_dir / name, "rb") as handle:
