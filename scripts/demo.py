@@ -1,6 +1,9 @@
-"""The demo behind `make demo`: fine-tune the embedded model to turn support tickets into JSON, then answer
-the builder's question with `tuneforge compare`.
+"""The demo behind `make demo`: ask `tuneforge advise` whether to fine-tune, fine-tune the embedded model to turn
+support tickets into JSON, then answer the builder's question again with `tuneforge compare`.
 
+0. `tuneforge advise` on the training tickets, before any training: 50 held out, the base zero-shot and 1/2/4-shot
+   on them, the measured cost of the training, the break-even, and a learning curve of short trainings on
+   nested 12.5-100% subsets (its cost is printed first). It must say "fine-tune" (the base few-shot is ~5%).
 1. LoRA fine-tuning of SmolLM2-135M-Instruct on the 400 bundled training tickets (5% held out for the
    validation-loss curve), with the default settings: the forgetting guard holds the model to the base's
    own behaviour on general prompts while it learns the tickets (tuneforge/forgetting_guard.py).
@@ -8,7 +11,10 @@ the builder's question with `tuneforge compare`.
    examples in the prompt, and the fine-tuned model — exact match, valid JSON, prompt tokens, latency —
    plus forgetting: general-text perplexity and KL (gated at 5%), several hundred general questions by
    category (gated at a 3-point drop) and instruction-following checks.
-3. The report: runs/demo/report/report.html (self-contained, opens offline) and report.json.
+   Consistency: the 4-shot base and the fine-tune answer the first 24 tickets 4 times at temperature 0.7
+   and under 2 rule-based paraphrases each.
+3. The report: runs/demo/report/report.html (self-contained, opens offline, with the advice and its learning
+   curve) and report.json; the run card runs/demo/run_card.md beside the adapter.
 Prints a few answers before and after, the verdict, and exits 1 if the fine-tune misses 90% exact.
 """
 
@@ -27,15 +33,24 @@ EPOCHS = float(os.environ.get("TUNEFORGE_DEMO_EPOCHS", "2"))
 SHOTS = 4
 MAX_FORGETTING = 5.0
 MAX_GENERAL_DROP = 3.0  # points of general questions answered correctly
+CONSISTENCY_SAMPLES, CONSISTENCY_INPUTS = 4, 24
 
 
 def main() -> int:
+    from tuneforge.cli import main as tuneforge
     from tuneforge.config import build_config
     from tuneforge.evaluate.compare import compare
+    from tuneforge.evaluate.consistency import consistency_line
     from tuneforge.evaluate.report import write_report
+    from tuneforge.evaluate.run_card import write_run_card
     from tuneforge.recipes.sft import train
 
     started = time.perf_counter()
+    print("== 0/2 before training: should these tickets be fine-tuned? (tuneforge advise)", flush=True)
+    (OUTPUT / "advice.json").unlink(missing_ok=True)
+    tuneforge(["advise", str(DATA / "train.jsonl"), "--learning-curve", "--epochs", f"{EPOCHS:g}", "--output", str(OUTPUT)])
+    advice = json.loads((OUTPUT / "advice.json").read_text())
+    advice_seconds = time.perf_counter() - started
     print(f"== 1/2 LoRA fine-tuning on {DATA / 'train.jsonl'} -> {OUTPUT}", flush=True)
     config = build_config({"data": str(DATA / "train.jsonl"), "output": str(OUTPUT), "epochs": EPOCHS, "validation_split": 0.05})
     summary = train(config)
@@ -44,8 +59,10 @@ def main() -> int:
     report = compare(
         str(DATA / "test.jsonl"), str(OUTPUT), shots=SHOTS, shots_from=str(DATA / "train.jsonl"),
         max_forgetting=MAX_FORGETTING, max_general_drop=MAX_GENERAL_DROP, progress=lambda message: print(f"   {message}", flush=True),
+        consistency=CONSISTENCY_SAMPLES, consistency_inputs=CONSISTENCY_INPUTS,
     )
     paths = write_report(report, OUTPUT / "report")
+    card = write_run_card(OUTPUT, report)
 
     variants = report["variants"]
     zero, few, tuned = variants["zero_shot"], variants.get("few_shot"), variants["fine_tuned"]
@@ -54,6 +71,7 @@ def main() -> int:
     print(f"\nexact match on {tuned['n']} held-out tickets: base zero-shot {zero['exact_match']:.0%}"
           + (f", base {SHOTS}-shot {few['exact_match']:.0%}" if few else "")
           + f" -> fine-tuned {tuned['exact_match']:.0%} (valid JSON: {zero.get('json_valid', 0):.0%} -> {tuned.get('json_valid', 0):.0%})")
+    print(f"advice before training: {advice['summary']} ({advice_seconds:.0f}s)")
     print(f"verdict: {report['verdict']}")
     if report["passed"] is False:
         from tuneforge.evaluate.compare import FORGETTING_HINT
@@ -64,17 +82,20 @@ def main() -> int:
         f"({summary['tokens_per_second']:.0f} tokens/s), final loss {summary['final_train_loss']}, "
         f"valid loss {summary['final_valid_loss']}; whole demo {time.perf_counter() - started:.0f}s"
     )
-    print(f"report: {paths['html']}")
+    print(f"report: {paths['html']}; run card: {card['md']}")
     results = {
         "base": {k: v for k, v in zero.items() if k != "examples"},
         "few_shot": {k: v for k, v in few.items() if k != "examples"} if few else None,
         "fine_tuned": {k: v for k, v in tuned.items() if k != "examples"},
         "forgetting": report["forgetting"],
         "verdict": report["verdict"],
+        "advice": {k: advice[k] for k in ("summary", "decision", "prompting", "learning_curve", "break_even", "cost")},
+        "consistency": consistency_line(report["consistency"]),
+        "advice_seconds": round(advice_seconds, 1),
         "train": summary,
     }
     (OUTPUT / "demo_results.json").write_text(json.dumps(results, indent=2) + "\n")
-    return 0 if tuned["exact_match"] >= 0.9 else 1
+    return 0 if tuned["exact_match"] >= 0.9 and advice["decision"] == "fine-tune" else 1
 
 
 if __name__ == "__main__":
