@@ -268,12 +268,14 @@ def dequantized(model, dtype):
     for parameter in model.parameters():
         if parameter.is_floating_point():
             parameter.data = parameter.data.to(dtype)
-    # A plain model now: transformers would otherwise refuse to save or cast it.
-    model.is_quantized = False
-    model.hf_quantizer = None
-    for attribute in ("quantization_config", "_pre_quantization_dtype"):
-        if hasattr(model.config, attribute):
-            delattr(model.config, attribute)
+    # A plain model now: transformers would otherwise refuse to cast it or save it as quantised.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    for flag in ("is_loaded_in_4bit", "is_loaded_in_8bit"):
+        if getattr(model, flag, False):
+            setattr(model, flag, False)
+    if hasattr(model.config, "_pre_quantization_dtype"):
+        del model.config._pre_quantization_dtype
     return model
 
 
