@@ -113,6 +113,10 @@ def new_adapter(model, config: TrainConfig, model_dir: Path):
         use_rslora=config.use_rslora,
         init_lora_weights=PEFT_INITS[config.lora_init],
     )
+    if config.lora_init == "loftq" and next(model.parameters()).device.type not in ("cuda", "xpu"):
+        raise UserError("lora_init=loftq needs a CUDA GPU: PEFT computes LoftQ's decomposition on 'cuda' (or XPU) "
+                        "whatever the model's device (peft/utils/loftq_utils.py); use lora_init=default on the CPU",
+                        code="loftq_needs_gpu")
     model = get_peft_model(model, lora)
     if config.lora_init == "loftq":
         from peft import replace_lora_weights_loftq
