@@ -12,6 +12,13 @@ step (all ranks). DDP and FSDP *average* gradients over ranks, so each rank's lo
 world size first: the averaged gradient is then exactly the one-process gradient of the step. Every rank
 runs the same number of forward passes per step (one with fewer micro-batches runs a zero-weighted
 extra one), because FSDP's all-gathers are collectives that every rank must join.
+
+DPO, reward modelling and GRPO keep their models unwrapped: each rank runs its share's forward and backward
+alone (no collective inside a forward, so no padding passes), and the run shell averages the trainable
+gradients once per optimizer step (`average_gradients`, called by `recipes.run.optimizer_step`): the same
+arithmetic as DDP's, reached by a path that also carries the forgetting guard's passes and GRPO's several
+policy updates per batch. GRPO samples each prompt's group on the rank that holds the prompt, from a
+generator seeded by (seed, step, prompt, sample), so what is drawn does not depend on the process count.
 """
 
 from __future__ import annotations
@@ -48,14 +55,13 @@ def launched_world() -> World:
 
 
 def check_distributed_config(config, world: World) -> None:
-    """What runs on several processes: SFT, LoRA (DDP) or full (FSDP2). The rest says so before loading."""
+    """Every method runs on several processes: SFT with DDP (LoRA) or FSDP2 (full), DPO, reward and GRPO with
+    replicated weights and averaged gradients. What cannot is said before loading."""
     if not world.enabled:
         return
     from tuneforge.errors import UserError
 
-    if config.method != "sft":
-        raise UserError(f"--method {config.method} runs in one process; torchrun/--nproc is for sft (LoRA or --full)")
-    if config.full and (config.eval_data or config.max_forgetting is not None):
+    if config.method == "sft" and config.full and (config.eval_data or config.max_forgetting is not None):
         raise UserError(
             "--eval-data/--max-forgetting with --full under torchrun: the model is sharded; "
             "run `tuneforge eval --model OUTPUT` after training"
@@ -135,17 +141,21 @@ def rank_share(indices: list[int], lengths: list[int], world: World) -> list[int
     return ordered[world.rank :: world.world_size]
 
 
-def forward_passes(indices, lengths, world: World, split) -> list[tuple[list[int], int]]:
+def forward_passes(indices, lengths, world: World, split, lockstep: bool = True) -> list[tuple[list[int], int]]:
     """This rank's forward passes of one step, as (example indices, loss weight).
 
     `split(share)` cuts one rank's share into micro-batches. One process: every micro-batch, weight 1.
     Under torchrun: this rank's micro-batches with weight world_size (DDP and FSDP average gradients over
     ranks; the step's loss is their sum), then zero-weighted passes over one example until it has run as
     many passes as the busiest rank, so FSDP's collectives stay in step. Every rank computes every rank's
-    count (the plan is deterministic), so no communication is needed to agree on it.
+    count (the plan is deterministic), so no communication is needed to agree on it. `lockstep=False` (an
+    unwrapped model, gradients averaged by `average_gradients`): no padding passes.
     """
     if not world.enabled:
         return [(batch, 1) for batch in split(list(indices))]
+    if not lockstep:
+        share = rank_share(indices, lengths, world)
+        return [(batch, world.world_size) for batch in split(share)] if share else []
     counts = []
     mine: list[list[int]] = []
     for rank in range(world.world_size):
@@ -164,6 +174,30 @@ def sum_over_ranks(values: list[float], world: World) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device="cuda" if torch.cuda.is_available() else "cpu")
     dist.all_reduce(tensor)
     return tensor.tolist()
+
+
+def sum_tensor_over_ranks(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """The elementwise sum of a tensor of the same shape on every rank (a CPU tensor stays on the CPU)."""
+    if not world.enabled:
+        return tensor
+    moved = tensor.to("cuda") if torch.cuda.is_available() else tensor.clone()
+    dist.all_reduce(moved)
+    return moved.to(tensor.device)
+
+
+def average_gradients(parameters: list[torch.nn.Parameter], world: World) -> None:
+    """DDP's gradient average for an unwrapped model, in one flat all-reduce: every rank ends with the mean of
+    the ranks' gradients. A parameter without a gradient on some rank (its share ran no pass) counts as zero."""
+    if not world.enabled or not parameters:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    flat = sum_tensor_over_ranks(flat, world) / world.world_size
+    offset = 0
+    for parameter, grad in zip(parameters, grads, strict=True):
+        n = grad.numel()
+        parameter.grad = flat[offset : offset + n].view_as(grad).to(grad.dtype)
+        offset += n
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:

@@ -237,23 +237,32 @@ def build_guard(config, model, tokenizer, dtype: torch.dtype, total_steps: int) 
 
 
 def backward_guard_step(guard: Guard, model, step_number: int, pad_id: int, device: str, dtype: torch.dtype,
-                        micro_tokens: int, max_rows: int) -> float | None:
-    """One process: forward and backward over one optimizer step's guard conversations (their gradient joins
-    the task's before the recipe's optimizer step). Returns the guard's per-token loss for the log, None for
-    a step that carries no guard conversation. SFT runs its guard passes in its own loop instead, where they
-    must share DDP's gradient sync with the task's passes."""
+                        micro_tokens: int, max_rows: int, world=None) -> float | None:
+    """Forward and backward over this rank's share of one optimizer step's guard conversations (their gradient
+    joins the task's before the recipe's optimizer step, which averages an unwrapped model's gradients over
+    ranks: hence each pass's weight, see distributed.forward_passes). Returns the guard's per-token loss of the
+    whole step for the log (the same on every rank), None for a step that carries no guard conversation. SFT
+    runs its guard passes in its own loop instead, where they must share DDP's gradient sync with the task's."""
     started = time.perf_counter()
-    _, passes = guard.passes_for_step(step_number, distributed.World(), micro_tokens, max_rows)
-    if not passes:
+    world = world or distributed.World()
+    window, passes = guard.passes_for_step(step_number, distributed.World(), micro_tokens, max_rows)
+    if not window:
         return None
+    if world.enabled:  # this rank's share, no padding passes (no collective runs inside a forward here)
+        lengths = [len(e.input_ids) for e in window]
+        normaliser = passes[0][3]
+        passes = [(window, micro, weight, normaliser, True) for micro, weight in distributed.forward_passes(
+            list(range(len(window))), lengths, world,
+            lambda share: split_micro_batches(share, lengths, micro_tokens, max_rows), lockstep=False)]
     total = 0.0
-    for pool, micro, _, normaliser, _ in passes:
+    for pool, micro, weight, normaliser, _ in passes:
         batch = collate([pool[i] for i in micro], pad_id, device)
         with autocast_for(device, dtype):
             loss_sum, _ = guard_loss_sum(model, guard, batch)
-        (loss_sum / normaliser).backward()
+        (loss_sum * (weight / normaliser)).backward()
         total += float(loss_sum.detach()) / (normaliser * guard.weight)
     guard.train_seconds += time.perf_counter() - started
+    (total,) = distributed.sum_over_ranks([total], world)
     return total
 
 

@@ -73,7 +73,7 @@ def generate_ids(
     max_new_tokens: int = 256,
     temperature: float = 0.0,
     top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     should_stop: Callable[[int, list[int]], bool] | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[list[list[int]], list[str]]:
@@ -82,7 +82,8 @@ def generate_ids(
     Two savings over decoding the padded batch as it is: a prefix all prompts share (the system message,
     few-shot examples) is run once and its KV cache copied to every row, each row's own tokens following
     after a padding gap; and a row that has finished leaves the batch, so later steps compute only the
-    rows still answering.
+    rows still answering. `generator` may be a list, one per prompt: each row then draws from its own, so what
+    it samples does not depend on the other rows of the batch (GRPO under several processes).
     """
     device = next(model.parameters()).device
     batch_size = len(prompts)
@@ -137,7 +138,11 @@ def generate_ids(
                 keep = sorted_probs.cumsum(-1) - sorted_probs < top_p
                 sorted_probs = sorted_probs * keep
                 probs = torch.zeros_like(probs).scatter_(-1, sorted_idx, sorted_probs)
-            next_tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            if isinstance(generator, list):
+                next_tokens = torch.cat([torch.multinomial(probs[position], 1, generator=generator[row])
+                                         for position, row in enumerate(active)])
+            else:
+                next_tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         else:
             next_tokens = logits.argmax(dim=-1)
         still_going = []

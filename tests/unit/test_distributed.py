@@ -166,7 +166,6 @@ def test_checkpoints_move_between_two_processes_and_one(tmp_path, tiny_model_dir
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--method", "dpo"], "runs in one process"),
         (["--full", "--eval-data", "test.jsonl"], "run `tuneforge eval"),
     ],
 )

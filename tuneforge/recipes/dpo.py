@@ -14,7 +14,9 @@ halves the forward passes per step on CPU):
 SimPO (loss_type=simpo) is reference-free and skips the pass.
 
 Loss normalisation: per-pair losses are summed per micro-batch and divided by the number of pairs in
-the whole optimizer step, so how a step is cut into micro-batches never changes the update.
+the whole optimizer step, so how a step is cut into micro-batches never changes the update, nor how many
+processes share it (`tuneforge train --nproc N`: each rank takes its share of every step's pairs, of the
+reference pass and of the validation pairs; the run shell averages the gradients, see tuneforge.distributed).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from contextlib import nullcontext
 
 import torch
 
+from tuneforge import distributed
 from tuneforge.checkpoint import save_weights
 from tuneforge.config import TrainConfig
 from tuneforge.data.batching import collate, plan_epoch, split_micro_batches
@@ -51,24 +54,33 @@ def reference_mode(model, config: TrainConfig):
     return nullcontext()
 
 
+def evaluation_batches(pairs: list[TokenizedPair], config: TrainConfig, device: str, world: distributed.World):
+    """This rank's micro-batches of a no-grad pass over all pairs (every N-th of them under N processes)."""
+    lengths = [p.length for p in pairs]
+    batches = split_micro_batches(list(range(len(pairs))), lengths, config.resolved_micro_batch_tokens(device) // 2, max_rows=32)
+    return batches[world.rank :: world.world_size]
+
+
 @torch.no_grad()
 def reference_logprobs(
-    model, pairs: list[TokenizedPair], config: TrainConfig, pad_id: int, device: str, dtype
+    model, pairs: list[TokenizedPair], config: TrainConfig, pad_id: int, device: str, dtype,
+    world: distributed.World | None = None,
 ) -> torch.Tensor:
-    """[n_pairs, 2] sequence log-probs of (chosen, rejected) under the reference policy."""
+    """[n_pairs, 2] sequence log-probs of (chosen, rejected) under the reference policy (each rank scores its
+    share; the sum over ranks fills the table on every rank)."""
+    world = world or distributed.World()
     result = torch.zeros(len(pairs), 2)
     if config.loss_type == "simpo" or not pairs:
         return result
     was_training = model.training
     model.eval()
-    lengths = [p.length for p in pairs]
     with reference_mode(model, config):
-        for micro in split_micro_batches(list(range(len(pairs))), lengths, config.resolved_micro_batch_tokens(device) // 2, max_rows=32):
+        for micro in evaluation_batches(pairs, config, device, world):
             with autocast_for(device, dtype):
                 chosen, rejected, _, _ = pair_logprobs(model, [pairs[i] for i in micro], pad_id, device)
             result[micro] = torch.stack([chosen, rejected], dim=1).float().cpu()
     model.train(was_training)
-    return result
+    return distributed.sum_tensor_over_ranks(result, world)
 
 
 def pair_losses(config: TrainConfig, chosen, rejected, chosen_n, rejected_n, reference: torch.Tensor):
@@ -115,6 +127,12 @@ class PairStats:
         self.sums["logps/chosen"] += float(chosen_logps.detach().sum())
         self.sums["logps/rejected"] += float(rejected_logps.detach().sum())
 
+    def merged(self, world: distributed.World) -> PairStats:
+        """The sums of every rank (under torchrun each rank saw its share of the pairs)."""
+        n, *sums = distributed.sum_over_ranks([self.n, *self.sums.values()], world)
+        self.n, self.sums = n, dict(zip(self.sums, sums, strict=True))
+        return self
+
     def means(self, prefix: str = "") -> dict:
         values = {k: v / max(self.n, 1) for k, v in self.sums.items()}
         values["rewards/margins"] = values["rewards/chosen"] - values["rewards/rejected"]
@@ -122,12 +140,13 @@ class PairStats:
 
 
 @torch.no_grad()
-def evaluate_pairs(model, pairs, reference, config: TrainConfig, pad_id: int, device: str, dtype) -> dict:
+def evaluate_pairs(model, pairs, reference, config: TrainConfig, pad_id: int, device: str, dtype,
+                   world: distributed.World | None = None) -> dict:
+    world = world or distributed.World()
     was_training = model.training
     model.eval()
     stats = PairStats()
-    lengths = [p.length for p in pairs]
-    for micro in split_micro_batches(list(range(len(pairs))), lengths, config.resolved_micro_batch_tokens(device) // 2, max_rows=32):
+    for micro in evaluation_batches(pairs, config, device, world):
         with autocast_for(device, dtype):
             chosen, rejected, chosen_n, rejected_n = pair_logprobs(model, [pairs[i] for i in micro], pad_id, device)
             losses, chosen_rewards, rejected_rewards = pair_losses(
@@ -135,21 +154,22 @@ def evaluate_pairs(model, pairs, reference, config: TrainConfig, pad_id: int, de
             )
         stats.add(losses, chosen_rewards, rejected_rewards, chosen, rejected)
     model.train(was_training)
-    return stats.means()
+    return stats.merged(world).means()
 
 
 def train(config: TrainConfig) -> dict:
     raw_pairs, raw_valid = run.train_and_validation(config, load_preference_pairs)
+    world = distributed.setup()
     run.seed_everything(config.seed)
-    model, tokenizer, device, dtype = build_model(config)
+    model, tokenizer, device, dtype = build_model(config, distributed.device_for(world))
     train_pairs = tokenize_pairs(tokenizer, raw_pairs, config.max_length, config.data)
     valid_pairs = tokenize_pairs(tokenizer, raw_valid, config.max_length, config.validation_data or config.data)
     pad_id = tokenizer.pad_token_id
     lengths = [p.length for p in train_pairs]
     pairs_per_step = config.batch_size * config.gradient_accumulation
     # Before any checkpoint is restored: the reference is the policy as training first started.
-    train_reference = reference_logprobs(model, train_pairs, config, pad_id, device, dtype)
-    valid_reference = reference_logprobs(model, valid_pairs, config, pad_id, device, dtype)
+    train_reference = reference_logprobs(model, train_pairs, config, pad_id, device, dtype, world)
+    valid_reference = reference_logprobs(model, valid_pairs, config, pad_id, device, dtype, world)
 
     _, total_steps, _ = step_plan(len(train_pairs), pairs_per_step, config.epochs, config.max_steps, config.warmup_ratio)
     guard = build_guard(config, model, tokenizer, dtype, total_steps)  # the base answers general prompts
@@ -160,14 +180,14 @@ def train(config: TrainConfig) -> dict:
                 + (f" + forgetting guard ({guard.method}, {guard.per_step:g}/step)" if guard else ""))
     with run.start(config, model, tokenizer, device, dtype, n_items=len(train_pairs), items_per_step=pairs_per_step,
                    describe=describe,
-                   items=f"{len(train_pairs)} pairs") as shell:
+                   items=f"{len(train_pairs)} pairs", world=world) as shell:
         if valid_pairs and shell.progress.step == 0:
-            run.log_valid(shell, evaluate_pairs(model, valid_pairs, valid_reference, config, pad_id, device, dtype))
+            run.log_valid(shell, evaluate_pairs(model, valid_pairs, valid_reference, config, pad_id, device, dtype, world))
         for step in run.steps(shell, lambda epoch: plan_epoch(lengths, pairs_per_step, config.seed, epoch)):
             stats = PairStats()
-            for micro in split_micro_batches(
-                step.indices, lengths, config.resolved_micro_batch_tokens(device) // 2, max_rows=config.batch_size
-            ):
+            for micro, weight in distributed.forward_passes(step.indices, lengths, world, lambda share: split_micro_batches(
+                share, lengths, config.resolved_micro_batch_tokens(device) // 2, max_rows=config.batch_size
+            ), lockstep=False):
                 with autocast_for(device, dtype):
                     chosen, rejected, chosen_n, rejected_n = pair_logprobs(
                         model, [train_pairs[i] for i in micro], pad_id, device
@@ -175,21 +195,23 @@ def train(config: TrainConfig) -> dict:
                     losses, chosen_rewards, rejected_rewards = pair_losses(
                         config, chosen, rejected, chosen_n, rejected_n, train_reference[micro]
                     )
-                (losses.sum() / len(step.indices)).backward()  # per-pair losses over the pairs of the whole step
+                # Per-pair losses over the pairs of the whole step (x world size: the shell averages over ranks).
+                (losses.sum() * (weight / len(step.indices))).backward()
                 stats.add(losses, chosen_rewards, rejected_rewards, chosen, rejected)
-            metrics = stats.means()
+            metrics = stats.merged(world).means()
             guard_loss = backward_guard_step(guard, model, step.number, pad_id, device, dtype, micro_tokens,
-                                             config.batch_size) if guard else None
+                                             config.batch_size, world) if guard else None
             if guard_loss is not None:
                 metrics[f"guard_{guard.method}"] = round(guard_loss, 6)
             run.optimizer_step(shell, step)
             tokens = sum(len(train_pairs[i].chosen.input_ids) + len(train_pairs[i].rejected.input_ids) for i in step.indices)
             run.log(shell, step, metrics, tokens=tokens, show=("loss", "rewards/accuracies"))
             if valid_pairs and run.validation_due(shell):
-                run.log_valid(shell, evaluate_pairs(model, valid_pairs, valid_reference, config, pad_id, device, dtype))
+                run.log_valid(shell, evaluate_pairs(model, valid_pairs, valid_reference, config, pad_id, device, dtype, world))
             run.checkpoint_if_due(shell, step)
 
-        save_weights(model, tokenizer, shell.output)
+        save_weights(model, tokenizer, shell.output, writer=world.is_main)
+        distributed.teardown(world)  # the last collective; rank 0's evaluation in finish runs on its own
         initial = shell.valid_history[0] if shell.valid_history and shell.valid_history[0]["step"] == 0 else {}
         final = shell.valid_history[-1] if shell.valid_history else {}
         train_accuracy = run.tail_mean(shell, "rewards/accuracies")

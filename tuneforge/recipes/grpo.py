@@ -17,6 +17,12 @@ LoRA from --init-adapter -> that adapter loaded a second time, frozen, under the
 (completions are new every step, so reference log-probs cannot be precomputed as in DPO).
 Full fine-tuning would need a second model copy: it runs only with kl_beta=0.
 
+Sampling: completion j of prompt i in step s draws from its own generator, seeded by (seed, s, i, j), so a
+resumed run draws what the uninterrupted one drew, and `tuneforge train --nproc N` draws what one process
+draws: each rank samples, scores and trains the whole groups of its share of the step's prompts (advantages
+need the full group), the step's completion tokens are counted over all ranks for the normaliser, and the run
+shell averages the gradients (tuneforge.distributed).
+
 Held-out prompts (validation data or split) are answered greedily every `eval_every` steps and their
 mean reward logged; train reward, KL and completion length are logged per step and plotted to grpo.png
 when matplotlib is installed (`pip install tuneforge[report]`).
@@ -29,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from tuneforge import distributed
 from tuneforge.checkpoint import save_weights
 from tuneforge.config import TrainConfig
 from tuneforge.data.batching import collate, plan_epoch, split_micro_batches
@@ -105,20 +112,36 @@ def all_logprobs(model, examples, micro_batches, pad_id, device, dtype) -> list[
     return pieces
 
 
+def sample_generators(config: TrainConfig, step_number: int, group: list[int], device) -> list[torch.Generator]:
+    """One generator per completion of `group` (prompt indices, each repeated group_size times), seeded by
+    (seed, step, prompt, sample): independent of the batch, the rank and of any earlier draw."""
+    generators = []
+    for position, prompt in enumerate(group):
+        sample = position % config.group_size
+        seed = ((config.seed * 1_000_003 + step_number) * 1_000_033 + prompt) * 1_009 + sample
+        generators.append(torch.Generator(device=device).manual_seed(seed % (2**63)))
+    return generators
+
+
 @torch.no_grad()
-def held_out_reward(model, tokenizer, prompts: list[RLPrompt], prompt_ids, score, config, eos_ids, pad_id) -> float:
-    """Mean reward of greedy answers to held-out prompts."""
+def held_out_reward(model, tokenizer, prompts: list[RLPrompt], prompt_ids, score, config, eos_ids, pad_id,
+                    world: distributed.World | None = None) -> float:
+    """Mean reward of greedy answers to held-out prompts (each rank answers every N-th prompt)."""
+    world = world or distributed.World()
     was_training = model.training
     model.eval()
+    mine = list(range(len(prompts)))[world.rank :: world.world_size]
     texts = []
-    for start in range(0, len(prompts), 32):
+    for start in range(0, len(mine), 32):
         outputs, _ = generate_ids(
-            model, prompt_ids[start : start + 32], eos_ids=eos_ids, pad_id=pad_id, max_new_tokens=config.max_new_tokens
+            model, [prompt_ids[i] for i in mine[start : start + 32]], eos_ids=eos_ids, pad_id=pad_id,
+            max_new_tokens=config.max_new_tokens,
         )
         texts.extend(tokenizer.decode(o, skip_special_tokens=True) for o in outputs)
     model.train(was_training)
-    rewards = score(prompts, texts)
-    return sum(rewards) / len(rewards)
+    rewards = score([prompts[i] for i in mine], texts) if mine else []
+    total, count = distributed.sum_over_ranks([float(sum(rewards)), float(len(rewards))], world)
+    return total / count
 
 
 def train(config: TrainConfig, reward_fn=None) -> dict:
@@ -129,8 +152,9 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
         )
     prompts, valid_prompts = run.train_and_validation(config, load_rl_prompts)
     score = make_scorer(config, reward_fn)
+    world = distributed.setup()
     run.seed_everything(config.seed)
-    model, tokenizer, device, dtype = build_model(config)
+    model, tokenizer, device, dtype = build_model(config, distributed.device_for(world))
     if config.init_adapter and not config.full:
         model.load_adapter(config.init_adapter, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
         model.set_adapter("default")
@@ -141,10 +165,10 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
     # The token appended to a completion that stopped, so the policy learns (and is credited for) stopping.
     stop_id = tokenizer.eos_token_id if tokenizer.eos_token_id in eos_ids else min(eos_ids)
     prompt_lengths = [len(ids) for ids in prompt_ids]
-    generator = torch.Generator(device=device).manual_seed(config.seed)
 
     def held_out():
-        return {"reward": round(held_out_reward(model, tokenizer, valid_prompts, valid_ids, score, config, eos_ids, pad_id), 6)}
+        return {"reward": round(held_out_reward(model, tokenizer, valid_prompts, valid_ids, score, config, eos_ids,
+                                                pad_id, world), 6)}
 
     _, total_steps, _ = step_plan(len(prompts), config.batch_size, config.epochs, config.max_steps, config.warmup_ratio)
     guard = build_guard(config, model, tokenizer, dtype, total_steps)  # the base answers general prompts
@@ -154,26 +178,23 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
         describe += f" + forgetting guard ({guard.method}, {guard.per_step:g}/step)"
     with run.start(config, model, tokenizer, device, dtype, n_items=len(prompts), items_per_step=config.batch_size,
                    describe=describe,
-                   items=f"{len(prompts)} prompts x {config.group_size} samples") as shell:
-        if "sampler" in shell.progress.extra:  # resumed: draw the completions the uninterrupted run would have
-            generator.set_state(torch.tensor(shell.progress.extra["sampler"], dtype=torch.uint8))
+                   items=f"{len(prompts)} prompts x {config.group_size} samples", world=world) as shell:
         if valid_prompts and shell.progress.step == 0:
             run.log_valid(shell, held_out())
         for step in run.steps(shell, lambda epoch: plan_epoch(prompt_lengths, config.batch_size, config.seed, epoch)):
-            # 1-2. Sample a group per prompt and score it.
-            group = [i for i in step.indices for _ in range(config.group_size)]
+            # 1-2. Sample a group per prompt of this rank's share and score it.
+            mine = distributed.rank_share(step.indices, prompt_lengths, world) if world.enabled else step.indices
+            group = [i for i in mine for _ in range(config.group_size)]
             model.eval()
             outputs, reasons = generate_ids(
                 model, [prompt_ids[i] for i in group], eos_ids=eos_ids, pad_id=pad_id,
-                max_new_tokens=config.max_new_tokens, temperature=config.temperature, generator=generator,
-            )  # fmt: skip
+                max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                generator=sample_generators(config, step.number, group, device),
+            ) if group else ([], [])  # fmt: skip
             texts = [tokenizer.decode(o, skip_special_tokens=True) for o in outputs]
-            rewards = torch.tensor(
-                score([prompts[i] for i in group], texts),
-                dtype=torch.float32,
-            )
-            # 3. Advantages within each prompt's group.
-            advantages = group_advantages(rewards.view(len(step.indices), config.group_size)).view(-1)
+            rewards = torch.tensor(score([prompts[i] for i in group], texts) if group else [], dtype=torch.float32)
+            # 3. Advantages within each prompt's group (whole groups live on one rank).
+            advantages = group_advantages(rewards.view(len(mine), config.group_size)).view(-1)
 
             # 4. Completion tokens, and the sampling and reference policies' log-probs of them.
             examples = []
@@ -181,7 +202,7 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
                 answer = completion + ([stop_id] if reason == "stop" else [])
                 examples.append(TokenizedExample(prompt_ids[i] + answer, [IGNORE_INDEX] * len(prompt_ids[i]) + answer))
             completion_lengths = [len(e.input_ids) - prompt_lengths[i] for e, i in zip(examples, group, strict=True)]
-            step_tokens = sum(completion_lengths)
+            (step_tokens,) = distributed.sum_over_ranks([float(sum(completion_lengths))], world)  # all ranks'
             lengths = [len(e.input_ids) for e in examples]
             micro_batches = split_micro_batches(
                 list(range(len(examples))), lengths, config.resolved_micro_batch_tokens(device), max_rows=len(examples)
@@ -205,34 +226,40 @@ def train(config: TrainConfig, reward_fn=None) -> dict:
                     token_loss, kl = grpo_token_loss(
                         logprobs, old_logprobs, ref_logprobs, token_advantages, config.clip_epsilon, config.kl_beta
                     )
-                    (token_loss.sum() / step_tokens).backward()
+                    # x world size: the shell averages the gradients over ranks.
+                    (token_loss.sum() * (world.world_size / step_tokens)).backward()
                     loss_total += float(token_loss.detach().sum()) / step_tokens
                     kl_total += float(kl.sum())
                     ratio = torch.exp(logprobs.detach() - old_logprobs)
                     clipped += int(((ratio - 1).abs() > config.clip_epsilon).sum())
                 guard_loss = backward_guard_step(guard, model, step.number, pad_id, device, dtype,
-                                                 config.resolved_micro_batch_tokens(device), config.batch_size) \
-                    if guard else None
+                                                 config.resolved_micro_batch_tokens(device), config.batch_size,
+                                                 world) if guard else None
                 run.optimizer_step(shell, step)  # the same scheduled lr for every update on this batch
 
+            # The whole step's figures, every rank's completions together.
+            loss_total, kl_total, clipped, n_completions, reward_sum, reward_squares, tokens = distributed.sum_over_ranks(
+                [loss_total, kl_total, float(clipped), float(len(examples)), float(rewards.sum()),
+                 float((rewards.double() ** 2).sum()), float(sum(lengths))], world)
+            reward_mean = reward_sum / n_completions
             run.log(shell, step, {
                 **({f"guard_{guard.method}": round(guard_loss, 6)} if guard_loss is not None else {}),
                 "loss": round(loss_total, 6),
-                "reward": round(float(rewards.mean()), 6),
-                "reward_std": round(float(rewards.std(unbiased=False)), 6),
+                "reward": round(reward_mean, 6),
+                "reward_std": round(max(reward_squares / n_completions - reward_mean**2, 0.0) ** 0.5, 6),
                 "kl": round(kl_total / step_tokens, 6),
-                "completion_length": round(step_tokens / len(examples), 3),
+                "completion_length": round(step_tokens / n_completions, 3),
                 "clip_fraction": round(clipped / step_tokens, 4),
-            }, tokens=sum(lengths), loss_tokens=step_tokens, show=("reward", "kl"))
+            }, tokens=int(tokens), loss_tokens=int(step_tokens), show=("reward", "kl"))
             if valid_prompts and run.validation_due(shell):
                 run.log_valid(shell, held_out())
-            shell.progress.extra["sampler"] = generator.get_state().tolist()
             run.checkpoint_if_due(shell, step)
 
         if config.init_adapter and not config.full:
             model.delete_adapter(REFERENCE_ADAPTER)  # save only the trained adapter
-        save_weights(model, tokenizer, shell.output)
-        plot = write_plot(shell.output / "grpo.png", shell.history, shell.valid_history)
+        save_weights(model, tokenizer, shell.output, writer=world.is_main)
+        distributed.teardown(world)
+        plot = write_plot(shell.output / "grpo.png", shell.history, shell.valid_history) if world.is_main else None
         history, valid_history = shell.history, shell.valid_history
         return run.finish(shell, {
             "reward": reward_name,

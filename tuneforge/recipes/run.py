@@ -134,6 +134,7 @@ class Run:
     seconds_before: float = 0.0  # train_seconds of earlier attempts
     throughput: Throughput = field(default_factory=lambda: Throughput())
     tracker: tracking.Trackers = field(default_factory=tracking.Trackers)  # report_to; none on ranks > 0
+    average_gradients: bool = False  # several processes and no DDP / FSDP: optimizer_step averages the gradients
 
     def __enter__(self) -> Run:
         return self
@@ -174,11 +175,13 @@ def start(
     describe: str,
     items: str,
     world: distributed.World | None = None,
+    wrapped: bool = False,
 ) -> Run:
     """Plan the steps, build the optimizer, resume from a checkpoint if asked, open the log, say what runs.
 
     Call it after everything that must see the weights as training first started (DPO's reference
-    log-probs) and after any distributed wrapping (FSDP's optimizer holds this rank's shards).
+    log-probs) and after any distributed wrapping (FSDP's optimizer holds this rank's shards). `wrapped`: DDP or
+    FSDP averages the gradients across ranks; otherwise `optimizer_step` does (`distributed.average_gradients`).
     """
     world = world or distributed.World()
     output = Path(config.output)
@@ -234,6 +237,7 @@ def start(
         valid_history=[r for r in logged if r.get("type") == "valid"],
         seconds_before=progress.train_seconds,
         tracker=tracker,
+        average_gradients=world.enabled and not wrapped,
     )
 
 
@@ -261,12 +265,15 @@ def steps(run: Run, plan_for_epoch: Callable[[int], list[list[int]]]) -> Iterato
 
 
 def optimizer_step(run: Run, step: Step) -> float:
-    """Clip, set the scheduled learning rate, step AdamW, clear the gradients; returns the learning rate.
+    """Average the gradients over ranks (unwrapped models), clip, set the scheduled learning rate, step AdamW,
+    clear the gradients; returns the learning rate.
 
     Every rank votes first: a signal that reached any one process stops all of them after this same step.
     """
     (votes,) = distributed.sum_over_ranks([float(run.stop.requested)], run.world)
     run.stop.requested = votes > 0
+    if run.average_gradients:
+        distributed.average_gradients(run.trainable, run.world)
     config = run.config
     if config.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(run.trainable, config.max_grad_norm)

@@ -194,7 +194,7 @@ def train(config: TrainConfig) -> dict:
     best_valid, evals_since_best, best_step, best_weights = math.inf, 0, None, None  # early stopping
     with run.start(config, model, tokenizer, device, dtype, n_items=len(train_examples),
                    items_per_step=examples_per_step, describe=describe,
-                   items=f"{len(train_examples)} examples", world=world) as shell:
+                   items=f"{len(train_examples)} examples", world=world, wrapped=True) as shell:
         for step in run.steps(shell, lambda epoch: plan_epoch(lengths, examples_per_step, config.seed, epoch)):
             window = [train_examples[i] for i in step.indices]
             window_targets = count_trained_targets(window)
