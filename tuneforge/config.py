@@ -87,9 +87,8 @@ class TrainConfig:
                             "(QLoRA; LoRA only; 8bit needs CUDA); none: the compute dtype")
     use_dora: bool = setting(False, "DoRA: LoRA on the direction of each weight plus a trained magnitude vector")
     use_rslora: bool = setting(False, "rsLoRA: scale updates by lora_alpha / sqrt(lora_r), stable at high ranks")
-    lora_init: str = setting("default", "LoRA initialisation: default (B = 0), gaussian, pissa or olora (principal "
-                             "parts of the weights; the saved adapter is converted to plain LoRA), loftq "
-                             "(quantize=4bit: an adapter that cancels the quantisation error)")
+    lora_init: str = setting("default", "LoRA initialisation: default (B = 0), gaussian, pissa, olora (saved as plain "
+                             "LoRA) or loftq (quantize=4bit, CUDA: cancels the quantisation error)")
     loraplus_lr_ratio: float | None = setting(None, "LoRA+: learning rate of the B matrices = this x the learning "
                                               "rate (the paper suggests 16); none: one learning rate")
     # Data and speed.
@@ -107,7 +106,7 @@ class TrainConfig:
     compile: bool = setting(False, "torch.compile each decoder block")
     neftune_noise_alpha: float | None = setting(None, "NEFTune: uniform noise on the input embeddings of training "
                                                 "passes, at most alpha / sqrt(tokens x width) (the paper: 5); none: "
-                                                "off", ("sft",), "NEFTune regularises instruction tuning; in the "
+                                                "off", ("sft",), "NEFTune regularises instruction tuning, and in the "
                                                 "other methods it would blur the scores they compare")
     packing: str = setting("auto", "several examples per row, each attending only to itself (no padding): on, off "
                            "or auto (on where it measures faster: docs/benchmarks.md)", ("sft",))
@@ -445,7 +444,7 @@ def _adapter_problems(config: TrainConfig) -> list[Problem]:
                 base_readers.append(f"the {key} gate (drop it; `tuneforge compare` measures the saved adapter)")
         require(not base_readers, ("lora_init",),
                 f"{init}: moves the principal part of each weight into the adapter, so the adapter-off model is "
-                f"no longer the base, and this run reads it as the base in: {'; '.join(base_readers)}")
+                f"no longer the base, and this run reads it as the base in: {', and '.join(base_readers)}")
     return problems
 
 
