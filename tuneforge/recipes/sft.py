@@ -49,9 +49,9 @@ from tuneforge.recipes import run
 from tuneforge.schedule import step_plan
 from tuneforge.trainable import autocast_for, build_model, core, final_hidden_states, output_head
 
-# packing=auto packs where the padded micro-batches would be at least this much padding (bench/packing.py,
-# docs/benchmarks.md): below it, the block-diagonal mask's wasted attention and the longer rows cost more
-# than the padding saved.
+# packing=auto packs where the padded micro-batches would be at least this much padding: below it, the
+# block-diagonal mask's wasted attention (SDPA computes the whole row) costs about what the padding would.
+# Provisional: bench/packing.py measures it, and has not yet run on an idle machine (docs/benchmarks.md).
 PACKING_MIN_PADDING_SHARE = 0.15
 
 
