@@ -394,6 +394,10 @@ def format_advice(advice: dict) -> str:
                      f"~{cost['train_seconds']:.0f} s at the current load"
                      + (f" (~{idle:.0f} s idle)" if idle else "")
                      + f" for {cost.get('epochs')} epochs, peak memory ~{cost.get('peak_memory_mb', 0):.0f} MB")
+    elif cost.get("error"):
+        lines.append(f"  cost not measured: {cost['error']}")
+    else:
+        lines.append("  cost not measured (--no-estimate): no break-even")
     savings = advice["savings"]
     lines.append(f"  per request a fine-tune saves {savings['prompt_tokens_saved']:.0f} prompt tokens and "
                  f"{savings['latency_saved_s']:.3f} s ({savings['latency_measure']})")
