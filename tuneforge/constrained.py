@@ -160,14 +160,18 @@ def tool_call_grammar(tools: list[dict], parallel: bool, shape: str) -> str:
         if problems:
             name = tool.get("function", tool).get("name")
             raise ConstraintError(f"tool {name!r}: unsupported JSON schema features: " + ", ".join(problems))
-    schema = json.dumps({"anyOf": [tool_call_schema(tool, arguments_key) for tool in tools]})
-    more = "*" if parallel else ""
+    # x-guidance: llguidance's options inside a schema (a %json in Lark does not take the defaults).
+    calls_schema = {"anyOf": [tool_call_schema(tool, arguments_key) for tool in tools], "x-guidance": JSON_LAYOUT}
+    schema = json.dumps(calls_schema)
     if shape == "llama3":
-        return f'start: call ("; " call){more}\ncall: %json {schema}\n'
-    if shape == "mistral":
-        return f'start: "{MISTRAL_TAG}[" call (", " call){more} "]"\ncall: %json {schema}\n'
-    tagged = f'"{OPEN_TAG}\\n" call "\\n{CLOSE_TAG}"'
-    return f'start: tagged ("\\n" tagged){more}\ntagged: {tagged}\ncall: %json {schema}\n'
+        one, separator, around = "call", '"; "', ("", "")
+    elif shape == "mistral":
+        one, separator, around = "call", '", "', (f'"{MISTRAL_TAG}[" ', ' "]"')
+    else:
+        one, separator, around = "tagged", '"\\n"', ("", "")
+    calls = f"{one} ({separator} {one})*" if parallel else one
+    tagged = f'tagged: "{OPEN_TAG}\\n" call "\\n{CLOSE_TAG}"\n' if one == "tagged" else ""
+    return f"start: {around[0]}{calls}{around[1]}\n{tagged}call: %json {schema}\n"
 
 
 @lru_cache(maxsize=64)
