@@ -47,7 +47,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        results = {quantize: run(quantize, args.steps, Path(folder)) for quantize in ("none", "4bit")}
+        results = {}
+        for quantize in ("none", "4bit"):
+            results[quantize] = run(quantize, args.steps, Path(folder))
+            print(quantize, results[quantize], file=sys.stderr, flush=True)
     print(json.dumps({"cpu": cpu_name(), "steps": args.steps, **results}, indent=2))
 
 
