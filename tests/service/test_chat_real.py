@@ -63,6 +63,7 @@ def test_json_schema_and_forced_tool_calls_on_the_embedded_model(start_server):
         messages=[{"role": "user", "content": "What is the weather in Paris?"}],
         tools=[WEATHER],
         tool_choice="required",
+        parallel_tool_calls=False,  # exactly one call (with parallel calls allowed, this model calls again and again)
         max_tokens=80,
         temperature=0,
     )
