@@ -317,18 +317,25 @@ def stop_profile(profiler: subprocess.Popen | None) -> None:
         profiler.wait(timeout=60)
 
 
-def profile_summary(path: Path, top: int = 15) -> str:
-    """The busiest frames of a py-spy raw profile: inclusive share of samples, for the scheduler thread."""
-    inclusive, total = {}, 0
+def profile_summary(path: Path, top: int = 12) -> str:
+    """Where the scheduler thread's samples of a py-spy raw profile end (the Python line that was running,
+    torch's kernels included), and the share spent under each tuneforge/serving.py and multi_lora.py frame."""
+    leaf, inclusive, total = {}, {}, 0
     lines = path.read_text().splitlines()
     scheduler = [line for line in lines if "tuneforge-scheduler" in line or "_loop (tuneforge/serving.py" in line]
     for line in scheduler or lines:
         stack, _, count = line.rpartition(" ")
-        total += int(count)
-        for frame in set(stack.split(";")[1:]):
-            inclusive[frame] = inclusive.get(frame, 0) + int(count)
-    ranked = sorted(inclusive.items(), key=lambda item: -item[1])[:top]
-    return "\n".join(f"{100 * n / max(total, 1):5.1f}%  {frame}" for frame, n in ranked)
+        frames, count = stack.split(";")[1:], int(count)
+        total += count
+        leaf[frames[-1]] = leaf.get(frames[-1], 0) + count
+        for frame in {f for f in frames if "tuneforge/" in f and "_loop" not in f and "step (" not in f}:
+            inclusive[frame] = inclusive.get(frame, 0) + count
+
+    def ranked(counts: dict) -> list[str]:
+        best = sorted(counts.items(), key=lambda item: -item[1])[:top]
+        return [f"  {100 * n / max(total, 1):5.1f}%  {frame}" for frame, n in best]
+
+    return "\n".join(["running line:", *ranked(leaf), "under tuneforge frame:", *ranked(inclusive)])
 
 
 async def measure_ours(
@@ -367,13 +374,18 @@ async def measure_ours(
                 print(f"py-spy, scheduler thread, inclusive ({profile}):\n{profile_summary(profile)}", flush=True)
             rows.append(summarize("tuneforge", label, concurrency, answers, wall, loaded, alone))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
-            for a in answers:
-                if a.error is None and alone.get((a.model, a.prompt)) != a.text:
-                    print(
-                        f"  differs from alone: {a.model} prompt {a.prompt}: {a.text[:80]!r} vs "
-                        f"{(alone.get((a.model, a.prompt)) or '')[:80]!r}",
-                        flush=True,
-                    )
+            differing = [a for a in answers if a.error is None and alone.get((a.model, a.prompt)) != a.text]
+            for a in differing[:3]:  # where the first few part from the answer alone
+                mine, theirs = a.text, alone.get((a.model, a.prompt)) or ""
+                at = next(
+                    (i for i, (x, y) in enumerate(zip(mine, theirs, strict=False)) if x != y),
+                    min(len(mine), len(theirs)),
+                )
+                print(
+                    f"  differs from alone at character {at}: {mine[max(0, at - 30) : at + 30]!r} vs "
+                    f"{theirs[max(0, at - 30) : at + 30]!r}",
+                    flush=True,
+                )
     await client.close()
     return rows, alone
 
@@ -398,7 +410,7 @@ async def measure_peer(base_url: str, max_tokens: int, ours_alone: dict, model0:
     return rows
 
 
-def start_peer(run_dir: Path, work: Path) -> tuple[Process | None, str]:
+def start_peer(run_dir: Path, work: Path, threads: int) -> tuple[Process | None, str]:
     """llama-cpp-python's server on the merged GGUF of `run_dir`, or None and the reason it cannot run."""
     try:
         import llama_cpp  # noqa: F401
@@ -431,7 +443,7 @@ def start_peer(run_dir: Path, work: Path) -> tuple[Process | None, str]:
         if done.returncode != 0:
             return None, f"tuneforge export --format gguf failed: {done.stderr[-1000:]}"
     port = free_port()
-    threads = str(os.cpu_count() or 1)
+    threads = str(threads)
     peer = Process(
         [
             sys.executable,
@@ -470,6 +482,13 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--concurrency", default="1,4,16,64", help="comma-separated concurrent streams")
     parser.add_argument("--no-peer", action="store_true", help="skip llama.cpp's server")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="compute threads for both servers (OMP_NUM_THREADS for tuneforge's inference process, n_threads for "
+        "llama.cpp); on a CPU shared with other work 1 avoids waiting on descheduled OpenMP threads",
+    )
     parser.add_argument("--output", type=Path, help="write every row as JSON here")
     parser.add_argument(
         "--py-spy", type=Path, help="record the inference process with py-spy (raw stacks) during 16 over 4 adapters"
@@ -491,6 +510,7 @@ def main() -> int:
         "TUNEFORGE_CHAT_TOKENS_PER_MINUTE": "0",
         "TUNEFORGE_REQUESTS_PER_MINUTE": "0",
         "TUNEFORGE_CHAT_MAX_PENDING": "1024",
+        "OMP_NUM_THREADS": str(args.threads),
     }
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("TUNEFORGE_")}, **env}
     store = ["--data-dir", str(data_dir)]
@@ -513,7 +533,7 @@ def main() -> int:
         f"http://127.0.0.1:{port}/healthz",
         env,
     )
-    print(f"load before: {load()}", flush=True)
+    print(f"load before: {load()}; {args.threads} compute thread(s) per server", flush=True)
     server.start()
     peer = None
     try:
@@ -544,7 +564,7 @@ def main() -> int:
             flush=True,
         )
         if not args.no_peer:
-            peer, peer_url = start_peer(made[0][1], work)
+            peer, peer_url = start_peer(made[0][1], work, args.threads)
             if peer is None:
                 print(f"the peer did not run: {peer_url}", flush=True)
             else:
