@@ -271,9 +271,24 @@ class _Base:
 
 
 def _default_load(model: str | None, adapter: str | None):
-    from tuneforge.models import load_model
+    import os
 
-    return load_model(model, adapter)
+    import torch
+
+    from tuneforge.models import default_device, load_model
+
+    # On the CPU, serve in fp32 unless told otherwise: in bf16 a request's greedy answer changed with the other
+    # rows of its batch (rounding flips near-ties as the matmul shapes change: 4-10 of 16 answers equal to the
+    # model alone, against 16 of 16 in fp32, which was no slower one request at a time; docs/benchmarks.md).
+    choice = os.environ.get("TUNEFORGE_SERVING_DTYPE", "auto")
+    if choice == "auto":
+        dtype = torch.float32 if default_device() == "cpu" else None
+    else:
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if choice not in dtypes:
+            raise ValueError(f"TUNEFORGE_SERVING_DTYPE={choice!r}: expected auto, {', '.join(dtypes)}")
+        dtype = dtypes[choice]
+    return load_model(model, adapter, dtype=dtype)
 
 
 def _find_make_constraint():
