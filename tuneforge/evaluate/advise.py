@@ -25,8 +25,9 @@ from pathlib import Path
 
 from tuneforge.data.curation import split_validation
 from tuneforge.errors import UserError
-from tuneforge.evaluate.compare import format_checker, run_variant, shot_pairs, with_shots
+from tuneforge.evaluate.compare import run_variant
 from tuneforge.evaluate.metrics import exact_match, json_equal
+from tuneforge.evaluate.prompting import format_checker, shot_pairs, with_shots
 from tuneforge.evaluate.run import split_prompt_and_reference
 
 METRICS = ("exact_match", "json_match", "format_valid")

@@ -186,7 +186,7 @@ def style_check(regex: str | None = None, schema: str | None = None, python: str
         return StyleCheck(f"regex {regex}", lambda answers: [pattern.search(a) is not None for a in answers],
                           ("--style-regex", regex))
     if schema is not None:
-        from tuneforge.evaluate.compare import format_checker
+        from tuneforge.evaluate.prompting import format_checker
 
         name, valid = format_checker([], json_schema=schema)
         return StyleCheck(name, lambda answers: [valid(a) for a in answers], ("--style-schema", schema))
@@ -300,7 +300,7 @@ def consistency_line(consistency: dict) -> str:
 def measure_variants(models: dict, variants: dict, prompts, references, tools, *, n_samples, temperature, paraphrases,
                  paraphrase_file, checker, style, seed, batch_size, max_new_tokens, say) -> dict:
     """`consistency.measure_consistency` for each named (model, tokenizer, shots); the same paraphrases for all."""
-    from tuneforge.evaluate.compare import with_shots
+    from tuneforge.evaluate.prompting import with_shots
     from tuneforge.evaluate.run import answer_budget
 
     given = load_paraphrases(paraphrase_file) if paraphrase_file else None
