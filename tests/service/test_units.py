@@ -2,8 +2,6 @@
 worker makes of a job (its hyperparameters, trainer command, validation errors, metrics)."""
 
 import argparse
-import io
-import json
 
 import pytest
 
@@ -11,44 +9,12 @@ from tuneforge.config import TrainConfig
 from tuneforge.data.validate import auto_epochs
 from tuneforge.service.commands import add_service_commands
 from tuneforge.service.file_validation import validation_error
-from tuneforge.service.inference import ModelCache, serve
 from tuneforge.service.run_metrics import MetricsTail
 from tuneforge.service.settings import Settings
 from tuneforge.service.store import Job
 from tuneforge.service.training_command import resolve_hyperparameters, train_command
 
 pytestmark = pytest.mark.service
-
-
-def test_model_cache_keeps_the_most_recently_used():
-    loads = []
-    cache = ModelCache(lambda model, adapter: loads.append((model, adapter)) or (model, adapter), capacity=2)
-    for adapter in ("a", "b", "a", "c", "a", "b"):
-        cache.get("base", adapter)
-    # a stays hot; b is evicted by c, then loaded again
-    assert loads == [("base", "a"), ("base", "b"), ("base", "c"), ("base", "b")]
-
-
-def test_inference_protocol_streams_tokens_then_a_result_and_survives_errors():
-    def generate(model, tokenizer, conversations, on_token=None, **kwargs):
-        if conversations[0][-1]["content"] == "boom":
-            raise RuntimeError("bad input")
-        for piece in ("a", "b"):
-            on_token and on_token(0, piece)
-        return [{"text": "ab", "prompt_tokens": 1, "completion_tokens": 2, "finish_reason": "stop"}]
-
-    requests = [
-        {"id": 1, "model": "m", "messages": [{"role": "user", "content": "boom"}]},
-        {"id": 2, "model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
-    ]
-    out = io.StringIO()
-    serve(
-        lambda m, a: (m, None), generate, stdin=io.StringIO("".join(json.dumps(r) + "\n" for r in requests)), stdout=out
-    )
-    lines = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert lines[0] == {"id": 1, "error": "RuntimeError: bad input"}
-    assert [line.get("token") for line in lines[1:3]] == ["a", "b"]
-    assert lines[3]["result"]["text"] == "ab"
 
 
 def test_cli_hook_registers_serve_worker_keys(tmp_path, capsys):
