@@ -82,7 +82,7 @@ def main():
     job = wait(client, job.id, timeout=args.timeout)
     check(job.status == "succeeded", f"job ended {job.status}: {job.error}")
     check(
-        job.fine_tuned_model.startswith(f"ft:{BASE}:") and job.fine_tuned_model.endswith(job.id[6:14]),
+        job.fine_tuned_model.startswith(f"ft:{BASE}:") and job.fine_tuned_model.endswith(job.id.removeprefix("ftjob-")),
         job.fine_tuned_model,
     )
     check(job.trained_tokens and job.trained_tokens > 0, "trained_tokens")
