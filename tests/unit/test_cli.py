@@ -15,8 +15,8 @@ from tuneforge.commands.train import recipes_by_method
 from tuneforge.config import METHODS
 
 ROOT = Path(__file__).resolve().parents[2]
-CORE_VERBS = ["train", "generate", "eval", "validate", "preview", "split", "dedup", "convert", "compare", "export",
-              "config"]
+CORE_VERBS = ["train", "generate", "eval", "validate", "advise", "preview", "split", "dedup", "convert", "compare",
+              "export", "config"]
 
 
 def verbs(parser) -> list[str]:
@@ -32,7 +32,7 @@ def test_the_verb_table_is_the_help_order_and_each_entry_adds_one_verb():
 
 
 def test_service_verbs_follow_and_vanish_when_the_service_is_not_in_the_build(monkeypatch):
-    assert verbs(cli.build_parser())[len(CORE_VERBS):] == ["serve", "worker", "keys"]
+    assert verbs(cli.build_parser())[len(CORE_VERBS):] == ["serve", "worker", "keys", "orgs"]
     monkeypatch.setitem(sys.modules, "tuneforge.service.commands", None)  # import raises ModuleNotFoundError
     assert verbs(cli.build_parser()) == CORE_VERBS
 

@@ -103,7 +103,8 @@ def add_compare_command(subparsers) -> None:
     p.add_argument("--paraphrase-file", help='your own paraphrases, JSONL of {"input": ..., "paraphrases": [...]} '
                    "(default: rule-based)")
     p.add_argument("--style-regex", help="style: an answer passes when this regex matches in it (default: none)")
-    p.add_argument("--style-schema", help="style: an answer passes when it is JSON valid against this schema")
+    p.add_argument("--style-schema", help="style: an answer passes when it is JSON valid against this schema file "
+                   "(default: none)")
     p.add_argument("--style-python", help="style: a Python file defining check(answer) -> bool, run in its own "
                    "process (default: none)")
     p.set_defaults(func=run_compare)
