@@ -86,7 +86,7 @@ class _FixedDecoder(torch.nn.Module):
         super().__init__()
         self.hidden = hidden
 
-    def forward(self, input_ids, attention_mask, use_cache):
+    def forward(self, input_ids, attention_mask, use_cache, position_ids=None):  # as trainable.py calls a decoder
         return type("Output", (), {"last_hidden_state": self.hidden})()
 
 

@@ -19,7 +19,7 @@ from tuneforge.service.devices import nproc_args
 from tuneforge.service.file_storage import file_path
 from tuneforge.service.integrations import integration_overrides
 from tuneforge.service.job_options import TRAINER_METHODS, gates, is_full, trainer_overrides
-from tuneforge.service.model_ids import runs_on
+from tuneforge.service.model_ids import run_dir, runs_on
 from tuneforge.service.settings import Settings
 from tuneforge.service.store import Job
 
@@ -61,7 +61,8 @@ def parent_weights(settings: Settings, job: Job) -> Path | None:
     lineage = job.lineage or {}
     if not lineage.get("parent_job"):
         return None
-    folder = Path(settings.runs_dir) / lineage["parent_job"]
+    # The parent's run folder, named by its job id as every run folder is (model_ids.run_dir).
+    folder = run_dir(settings, Job(id=lineage["parent_job"]))
     if lineage.get("parent_checkpoint_step") is not None:
         folder = folder / "checkpoints" / f"step-{lineage['parent_checkpoint_step']}" / "adapter"
     return folder
