@@ -14,9 +14,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 HERE = Path(__file__).resolve().parent
@@ -188,6 +190,21 @@ def start_server(tmp_path):
     yield start
     for server in servers:
         server.stop()
+
+
+def keyed_server(tmp_path_factory, name: str, **env: str) -> Iterator[Server]:
+    """The body of a module's shared `server` fixture (`yield from keyed_server(...)`): a server without
+    workers, on the fake commands plus `env`, with a key for org acme as `server.key`; stopped afterwards."""
+    server = Server(tmp_path_factory.mktemp(name) / "data", workers=0, env=fake_env(**env)).start()
+    server.key = server.create_key("acme")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sdk(server):
+    """The official SDK as the module server's org, without retries: a test sees the server's first answer."""
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=server.key, max_retries=0)
 
 
 def wait_for(predicate, timeout: float = 30, interval: float = 0.2):

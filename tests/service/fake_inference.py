@@ -2,6 +2,8 @@
 "echo(<model>[+adapter]): <last user message>" word by word, each request on its own thread, so several
 are in flight at once. TUNEFORGE_FAKE_TOKEN_DELAY (seconds per word) makes answers slow enough to cancel;
 TUNEFORGE_FAKE_CANCEL_LOG names a file that gets one line per cancel received (the id).
+TUNEFORGE_FAKE_HOLD_UNTIL=N holds every answer until N requests have arrived, so that N are in flight at
+once; if they have not all come within HOLD_SECONDS, each held request fails with a 503 that says how many did.
 
 For the chat API's features: a last user message "tool:NAME {json arguments}" is answered with the text a
 Hermes-style template's model writes (<tool_call>{"name", "arguments"}</tool_call>); with logprobs each word
@@ -15,6 +17,8 @@ import threading
 import time
 
 from tuneforge.service.inference import serve
+
+HOLD_SECONDS = 30.0
 
 
 def _entry(piece: str, top: int) -> dict:
@@ -31,20 +35,31 @@ def _entry(piece: str, top: int) -> dict:
 
 
 class EchoEngine:
-    def __init__(self, delay: float = 0.0):
+    def __init__(self, delay: float = 0.0, hold_until: int = 0):
         self.delay = delay
         self.lock = threading.Lock()
         self.open: dict = {}  # request id -> its cancel flag
+        self.hold_until = hold_until
+        self.arrived = 0
+        self.all_arrived = threading.Event()
 
     def submit(self, request: dict, emit) -> None:
         request_id = request.get("id")
         cancelled = threading.Event()
         with self.lock:
             self.open[request_id] = cancelled
+            self.arrived += 1
+            if self.arrived >= self.hold_until:
+                self.all_arrived.set()
         threading.Thread(target=self._answer, args=(request, emit, cancelled), daemon=True).start()
 
     def _answer(self, request: dict, emit, cancelled: threading.Event) -> None:
         request_id = request["id"]
+        if not self.all_arrived.wait(HOLD_SECONDS):
+            message = f"only {self.arrived} of the {self.hold_until} requests held for arrived in {HOLD_SECONDS:g}s"
+            emit({"id": request_id, "error": message, "status": 503})
+            self._close(request_id)
+            return
         name, adapter = request.get("model"), request.get("adapter")
         prompt = request["messages"][-1]["content"]
         max_new_tokens = int(request.get("max_new_tokens") or 256)
@@ -113,4 +128,9 @@ class EchoEngine:
 
 
 if __name__ == "__main__":
-    serve(EchoEngine(float(os.environ.get("TUNEFORGE_FAKE_TOKEN_DELAY", "0"))))
+    serve(
+        EchoEngine(
+            float(os.environ.get("TUNEFORGE_FAKE_TOKEN_DELAY", "0")),
+            int(os.environ.get("TUNEFORGE_FAKE_HOLD_UNTIL", "0")),
+        )
+    )

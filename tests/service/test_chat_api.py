@@ -10,7 +10,7 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import Server, fake_env, wait_for
+from conftest import fake_env, keyed_server, wait_for
 
 from tuneforge.service.chat_completions import ChunkAssembler
 from tuneforge.service.schemas import ChatCompletionCreate
@@ -33,16 +33,7 @@ def user(text: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("chat")
-    server = Server(root / "data", workers=0, env=fake_env()).start()
-    server.key = server.create_key("acme")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def sdk(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=server.key, max_retries=0)
+    yield from keyed_server(tmp_path_factory, "chat")
 
 
 def test_tool_calls_are_parsed_into_message_tool_calls(sdk):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from conftest import Server, fake_env
+from conftest import Server, fake_env, keyed_server
 
 pytestmark = pytest.mark.service
 BASE = "smollm2-135m-instruct"
@@ -16,17 +16,7 @@ EXACT = {"type": "string_check", "name": "exact", "input": "{{ sample.output_tex
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    data = tmp_path_factory.mktemp("graders") / "data"
-    data.mkdir()
-    server = Server(data, workers=0, env=fake_env(TUNEFORGE_PYTHON_GRADERS="1")).start()
-    server.key = server.create_key("acme")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def sdk(server):
-    return openai.OpenAI(base_url=server.url + "/v1", api_key=server.key, max_retries=0)
+    yield from keyed_server(tmp_path_factory, "graders", TUNEFORGE_PYTHON_GRADERS="1")
 
 
 def test_run_string_check_parses_in_the_sdk(sdk):

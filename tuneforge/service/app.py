@@ -23,7 +23,12 @@ from tuneforge.service.store import make_engine, make_sessionmaker
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     settings.ensure_dirs()
-    engine = make_engine(settings.url)
+    engine = make_engine(
+        settings.url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+        pool_timeout=settings.database_pool_timeout_seconds,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

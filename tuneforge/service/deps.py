@@ -22,11 +22,16 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_org(request: Request, session: Annotated[Session, Depends(get_session)]) -> Org:
-    # guard.py authenticated the request before its body was read and left the org's id in the scope.
+def request_org(session: Session, request: Request) -> Org:
+    """The caller's org. guard.py authenticated the request before its body was read and left the org's id
+    in the scope; without it the key is checked here."""
     org_id = request.scope.get("state", {}).get("org_id")
     org = session.get(Org, org_id) if org_id else None
     return org if org is not None else authenticate(session, request.headers.get("authorization", ""))
+
+
+def get_org(request: Request, session: Annotated[Session, Depends(get_session)]) -> Org:
+    return request_org(session, request)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

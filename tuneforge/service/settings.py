@@ -61,6 +61,12 @@ def default_home() -> Path:
 class Settings:
     data_dir: Path = field(default_factory=default_home)
     database_url: str | None = None
+    # The API process's connection pool (SQLAlchemy's QueuePool): connections kept, extra ones allowed at a
+    # peak, and how long a request waits for one before it fails. A chat request holds one only for its
+    # lookups (routes/chat.py), never while it waits on inference or streams, so streams need no bigger pool.
+    database_pool_size: int = 5
+    database_max_overflow: int = 10
+    database_pool_timeout_seconds: float = 30.0
     max_upload_bytes: int = 512 * 1024 * 1024
     # Commands are argument-list prefixes; the worker appends the per-job arguments.
     train_command: list[str] = field(default_factory=lambda: [sys.executable, "-m", "tuneforge", "train"])
@@ -127,6 +133,11 @@ class Settings:
     def from_env(cls, **overrides) -> Settings:
         settings = cls(
             database_url=os.environ.get("TUNEFORGE_DATABASE_URL") or None,
+            database_pool_size=_int_env("TUNEFORGE_DATABASE_POOL_SIZE", cls.database_pool_size),
+            database_max_overflow=_int_env("TUNEFORGE_DATABASE_MAX_OVERFLOW", cls.database_max_overflow),
+            database_pool_timeout_seconds=_float_env(
+                "TUNEFORGE_DATABASE_POOL_TIMEOUT_SECONDS", cls.database_pool_timeout_seconds
+            ),
             max_upload_bytes=_int_env("TUNEFORGE_MAX_UPLOAD_BYTES", 512 * 1024 * 1024),
             train_command=_command_from_env("TUNEFORGE_TRAIN_COMMAND", cls().train_command),
             validate_command=_command_from_env("TUNEFORGE_VALIDATE_COMMAND", cls().validate_command),

@@ -3,6 +3,9 @@
 What a chat request may hold and how it maps onto the inference process is service/chat_completions.py;
 this module is the HTTP around it: admission (429 with retry-after when the model's queue is full),
 errors in OpenAI's envelope (504 on timeout), and cancelling generation when the client disconnects.
+
+A chat request touches the database once, in `_allowed_model`: one short session in one worker thread, so
+no connection is held while the request waits for anything (a thread, the model's queue, its tokens).
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ import time
 from contextlib import aclosing
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import select
 from starlette.background import BackgroundTask
 
 from tuneforge.service.chat_completions import ChunkAssembler, completion
 from tuneforge.service.chat_completions import inference_request as build_inference_request
-from tuneforge.service.deps import OrgDep, SessionDep, SettingsDep
+from tuneforge.service.deps import OrgDep, SessionDep, SettingsDep, request_org
 from tuneforge.service.errors import APIError, envelope, not_found, rate_limited_response
 from tuneforge.service.inference_client import InferenceError, Overloaded
 from tuneforge.service.limits import RateLimited, check_chat_tokens
@@ -79,6 +83,21 @@ def _resolve(session, settings, org_id: str, model_id: str) -> tuple[str, str | 
     return ref.base, str(ref.weights) if ref.weights is not None else None
 
 
+def _allowed_model(request: Request, body: ChatCompletionCreate) -> tuple[str, str | None]:
+    """(base model, adapter dir or None) for the request, once its org may spend the tokens it may cost
+    (429 with retry-after past the org's tokens per minute) and may use its model (404).
+
+    Its own session, closed before the route awaits anything, rather than the session dependency: that one
+    keeps the connection get_org opened while FastAPI waits for a worker thread to run the next dependency.
+    With more requests in flight than the pool has connections, the worker threads all sat in get_org waiting
+    for a connection while the requests holding the connections waited for a thread, until the pool's timeout
+    answered 500 (issue 19)."""
+    with request.app.state.sessionmaker() as session:
+        org = request_org(session, request)
+        check_chat_tokens(request, org.id, body)
+        return _resolve(session, request.app.state.settings, org.id, body.model)
+
+
 def _error_response(exc: InferenceError) -> JSONResponse:
     if isinstance(exc, Overloaded):
         return rate_limited_response(RateLimited(str(exc), exc.retry_after, code=exc.code))
@@ -91,12 +110,8 @@ def _sse(body: dict) -> str:
 
 
 @router.post("/chat/completions")
-async def chat_completions(
-    body: ChatCompletionCreate, request: Request, org: OrgDep, session: SessionDep, settings: SettingsDep
-):
-    check_chat_tokens(request, org.id, body)  # 429 with retry-after past the org's tokens per minute
-    base, adapter = _resolve(session, settings, org.id, body.model)
-    session.close()  # generation can take a while; don't hold a database connection through it
+async def chat_completions(body: ChatCompletionCreate, request: Request):
+    base, adapter = await run_in_threadpool(_allowed_model, request, body)
     inference_request = build_inference_request(body, base, adapter)
     client = request.app.state.inference
     try:
