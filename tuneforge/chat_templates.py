@@ -3,6 +3,8 @@
     tuneforge train --model gemma3-270m --data train.jsonl                      # picked from the vocabulary
     tuneforge train --model gemma3-270m --data train.jsonl chat_template=plain  # a built-in by name
     tuneforge train --model ./base --data train.jsonl chat_template=my.jinja    # a Jinja file of your own
+    tuneforge train --data tools.jsonl chat_template=chatml-tools               # tool calls on a model whose
+                                                                                # own template ignores tools
 
 A model's own template always wins unless `chat_template=` names another. For a model without one the
 template must be written in tokens the model actually has: a ChatML fallback on Gemma would end every
@@ -11,6 +13,10 @@ could never learn to stop. The built-in chosen is the first whose turn markers a
 vocabulary (Gemma's `<start_of_turn>`, Llama 3's headers, ChatML's `<|im_start|>`); `plain` needs none and
 ends each answer with the tokenizer's own end-of-sequence token. Whatever was used is saved with the
 tokenizer in the output folder, so eval, generate, export and the service use the same one.
+
+Tool calls need a template that shows the model the tools and writes the assistant's `tool_calls`; many
+models' own templates (SmolLM2's among them) ignore both, which data/tokenize.py detects and refuses.
+`chatml-tools` is ChatML that renders them the way tuneforge/tool_calls.py reads them back.
 """
 
 from __future__ import annotations
@@ -51,6 +57,41 @@ BUILTIN_TEMPLATES = {
         ("<|im_start|>", "<|im_end|>"),
         "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
         "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+    ),
+    # ChatML with tools, in the shape Qwen 2.5 / Hermes fine-tunes use and tuneforge/tool_calls.py reads: the tools
+    # as JSON lines inside <tools></tools> in the system turn, each call as <tool_call>\n{"name", "arguments"}\n
+    # </tool_call> (the shape the forced tool_choice grammar writes, constrained.py), tool results as
+    # <tool_response> inside a user turn. OpenAI rows store arguments as a JSON string: written as they are, so
+    # they read as the object they encode; a dict is written as JSON. Without tools it renders as `chatml`.
+    "chatml-tools": BuiltinTemplate(
+        ("<|im_start|>", "<|im_end|>"),
+        "{%- if tools %}{{- '<|im_start|>system\n' }}"
+        "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\n\n' }}{%- endif %}"
+        "{{- 'You can call these functions, listed as JSON inside <tools></tools>:\n<tools>' }}"
+        "{%- for tool in tools %}{{- '\n' + (tool | tojson) }}{%- endfor %}"
+        "{{- '\n</tools>\nTo call one, answer with <tool_call>\n{\"name\": <function-name>, \"arguments\": "
+        "<arguments as a JSON object>}\n</tool_call><|im_end|>\n' }}"
+        "{%- elif messages[0]['role'] == 'system' %}{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"
+        "{%- endif %}"
+        "{%- for message in messages %}"
+        "{%- if message['role'] == 'system' and loop.first %}"
+        "{%- elif message['role'] == 'assistant' %}{{- '<|im_start|>assistant\n' }}"
+        "{%- if message['content'] %}{{- message['content'] }}{%- endif %}"
+        "{%- for call in message['tool_calls'] or [] %}"
+        "{%- set function = call['function'] if call['function'] is defined else call %}"
+        "{%- if message['content'] or not loop.first %}{{- '\n' }}{%- endif %}"
+        "{{- '<tool_call>\n{\"name\": ' + (function['name'] | tojson) + ', \"arguments\": ' }}"
+        "{%- if function['arguments'] is string %}{{- function['arguments'] }}"
+        "{%- else %}{{- (function['arguments'] if function['arguments'] is defined else {}) | tojson }}{%- endif %}"
+        "{{- '}\n</tool_call>' }}"
+        "{%- endfor %}{{- '<|im_end|>\n' }}"
+        "{%- elif message['role'] == 'tool' %}"
+        "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
+        "{{- '\n<tool_response>\n' + message['content'] + '\n</tool_response>' }}"
+        "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' %}{{- '<|im_end|>\n' }}{%- endif %}"
+        "{%- else %}{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+        "{%- endif %}"
+        "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}",
     ),
     "plain": BuiltinTemplate(
         (),

@@ -45,6 +45,10 @@ CODES: dict[str, tuple[str, str, str]] = {
                     "use {\"input\": {\"messages\": [...]}, \"preferred_output\": [one assistant message], "
                     "\"non_preferred_output\": [one assistant message]}"),
     "template_error": ("error", "the model's chat template refuses the conversation", "reorder the messages as the model expects"),
+    "template_ignores_tools": ("error", "rows have tools or tool calls, but the chat template leaves them out (or "
+                               "fails on them), so the model would never see the tools", "train with "
+                               "chat_template=chatml-tools (validate --chat-template chatml-tools) or a Jinja "
+                               "template of your own that renders tools and tool_calls"),
     "template_not_prefix_stable": ("error", "the chat template changes a turn's prompt once its answer follows", "use single-turn examples or another model"),
     "no_trained_tokens": ("error", "nothing is trained after rendering and truncation",
                           "shorten the prompt or raise --max-length"),

@@ -22,6 +22,12 @@ turn gives one per assistant turn (the prompt tokens repeat, the trained tokens 
 `tokenize_conversation` is the one-sequence view for callers that need one (DPO answers, previews, replay)
 and refuses a conversation that needs more. A template whose generation prompt is not where the answer
 starts (the prompt itself changes once the answer follows) cannot be masked at all and is refused.
+
+Tool calls. A conversation with `tools`, assistant `tool_calls` or `tool` results trains only under a template
+that renders them; many templates (SmolLM2's) drop the tools and the calls without a word, and the model would
+learn to answer empty turns to questions it never saw the tools for. `check_template_renders_tools` renders a
+probe conversation once per template and refuses one that errors on it, leaves the tool out of the prompt or
+the call's name or arguments out of the answer (`template_ignores_tools`, naming chat_template=chatml-tools).
 """
 
 from __future__ import annotations
@@ -72,6 +78,66 @@ def render(tokenizer, messages: list[dict], tools=None, add_generation_prompt: b
     return text
 
 
+# The probe: a tool and a call as the data layer hands them over (formats.normalise_messages: content "" beside
+# tool_calls; OpenAI's arguments as a JSON string). The id has 9 alphanumerics, as Mistral's template demands.
+_PROBE_TOOL_NAME, _PROBE_VALUE = "lookup_probe_record", "probe-value-4187"
+_PROBE_TOOLS = [{"type": "function", "function": {
+    "name": _PROBE_TOOL_NAME, "description": "Look a record up by its key.",
+    "parameters": {"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"]}}}]
+_PROBE_MESSAGES = [
+    {"role": "user", "content": "Find the record for my key."},
+    {"role": "assistant", "content": "", "tool_calls": [{"id": "a1b2c3d4e", "type": "function", "function": {
+        "name": _PROBE_TOOL_NAME, "arguments": '{"key": "' + _PROBE_VALUE + '"}'}}]},
+]
+_tool_problems: dict[str, str | None] = {}  # repr(chat template) -> why it cannot train tool calls (None: it can)
+
+
+def uses_tools(messages: list[dict], tools=None) -> bool:
+    return bool(tools) or any(m.get("tool_calls") or m.get("role") == "tool" for m in messages)
+
+
+def _probe_tool_template(tokenizer) -> str | None:
+    try:
+        prompt = render(tokenizer, _PROBE_MESSAGES[:1], _PROBE_TOOLS, add_generation_prompt=True)
+        full = render(tokenizer, _PROBE_MESSAGES, _PROBE_TOOLS)
+    except Exception as exc:  # noqa: BLE001 - a template's raise_exception, jinja's UndefinedError, a TypeError...
+        return f"fails on an assistant turn with tool_calls ({type(exc).__name__}: {str(exc)[:160]})"
+    if _PROBE_TOOL_NAME not in prompt:
+        return "ignores `tools` (the tool definitions are not in the prompt it renders)"
+    answer = full[len(prompt):] if full.startswith(prompt) else full
+    if _PROBE_TOOL_NAME not in answer or _PROBE_VALUE not in answer:
+        return "does not render the assistant's `tool_calls` (the call's name or arguments are not in the answer)"
+    return None
+
+
+def tool_template_problem(tokenizer) -> str | None:
+    """Why the tokenizer's chat template cannot train tool calls, or None; probed once per template."""
+    key = repr(tokenizer.chat_template)
+    if key not in _tool_problems:
+        _tool_problems[key] = _probe_tool_template(tokenizer)
+    return _tool_problems[key]
+
+
+def tool_template_message(tokenizer, problem: str) -> str:
+    from tuneforge.chat_templates import BUILTIN_TEMPLATES, has_single_tokens
+
+    if has_single_tokens(tokenizer, BUILTIN_TEMPLATES["chatml-tools"].markers):
+        fix = ("train with chat_template=chatml-tools (a built-in that renders both; validate: --chat-template "
+               "chatml-tools) or a Jinja file of your own that does")
+    else:
+        fix = ("give chat_template=FILE.jinja, a template of your own that renders both (the built-in chatml-tools "
+               "needs <|im_start|> and <|im_end|>, which this vocabulary lacks)")
+    return (f"this row has tools or tool calls, but the model's chat template {problem}, so the model would never "
+            f"see the tools or learn to write the calls; {fix}")
+
+
+def check_template_renders_tools(tokenizer) -> None:
+    """Refuse (UserError, code template_ignores_tools) a template that cannot train tool calls."""
+    problem = tool_template_problem(tokenizer)
+    if problem is not None:
+        raise UserError(tool_template_message(tokenizer, problem), code="template_ignores_tools")
+
+
 @dataclass
 class _Turn:
     before: str  # the conversation before the turn with the generation prompt: what the model sees
@@ -85,6 +151,8 @@ class _Turn:
 def trained_sequences(tokenizer, messages: list[dict], tools=None) -> list[tuple[str, list[tuple[int, int]]]]:
     """The rendered texts to train on, each with the [start, end) character spans that carry loss, in
     conversation order: one text for a prefix-stable template, more where it rewrites earlier turns."""
+    if uses_tools(messages, tools):
+        check_template_renders_tools(tokenizer)
     full = render(tokenizer, messages, tools)
     turns = []
     for index, message in enumerate(messages):

@@ -26,7 +26,13 @@ from tuneforge.data.findings import CODES, MIN_EXAMPLES, Finding
 from tuneforge.data.formats import detect_format, row_to_conversation, row_to_preference_pair
 from tuneforge.data.readers import describe, open_rows
 from tuneforge.data.row_checks import check_row, check_tokens, short_repr
-from tuneforge.data.tokenize import TokenizedExample, end_of_turn_ids
+from tuneforge.data.tokenize import (
+    TokenizedExample,
+    end_of_turn_ids,
+    tool_template_message,
+    tool_template_problem,
+    uses_tools,
+)
 from tuneforge.errors import UserError
 
 # Importable from here as they always were (tests, the service, the train verb).
@@ -137,8 +143,17 @@ class _Progress:
 
 
 def _trained_answer(messages: list[dict]) -> str:
-    answers = [m.get("content") or "" for m in messages if m["role"] == "assistant" and m.get("weight", 1) == 1]
+    # A tool-call turn's answer is its calls too: 40 calls with empty content are 40 answers, not one.
+    answers = [(m.get("content") or "") + _calls_text(m.get("tool_calls"))
+               for m in messages if m["role"] == "assistant" and m.get("weight", 1) == 1]
     return answers[-1] if answers else ""
+
+
+def _calls_text(calls) -> str:
+    if not isinstance(calls, list):
+        return ""
+    functions = [c.get("function") for c in calls if isinstance(c, dict)]
+    return "".join(f" {f.get('name')}({f.get('arguments')})" for f in functions if isinstance(f, dict))
 
 
 def validate_file(path, method: str = "sft", tokenizer=None, max_length: int = 2048, validation_file=None,
@@ -212,6 +227,12 @@ def _check_one(report, line, row, method, tokenizer, eot_ids, max_length, answer
             answer_text[digest] = answer
     if tokenizer is None:
         return
+    if any(uses_tools(messages, tools) for messages, tools in sequences):
+        problem = tool_template_problem(tokenizer)
+        if problem is not None:  # said once, at the first row with tools: every such row fails the same way
+            if not report.counts["template_ignores_tools"]:
+                report.add(line, "template_ignores_tools", tool_template_message(tokenizer, problem), file)
+            return
     lengths = []
     for messages, tools in sequences:
         example, token_problems, kept = check_tokens(tokenizer, eot_ids, messages, tools, max_length)
