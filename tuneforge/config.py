@@ -104,6 +104,8 @@ class TrainConfig:
     dtype: str = setting("auto", "compute dtype: auto, float32 or bfloat16")
     gradient_checkpointing: bool = setting(False, "recompute activations during backward: less memory, slower")
     compile: bool = setting(False, "torch.compile each decoder block")
+    fused_lora: bool = setting(True, "LoRA Linears as one fused autograd function (same result as PEFT's forward, "
+                               "fewer dtype copies); false: PEFT's own forward")
     neftune_noise_alpha: float | None = setting(None, "NEFTune: uniform noise on the input embeddings of training "
                                                 "passes, at most alpha / sqrt(tokens x width) (the paper: 5); none: "
                                                 "off", ("sft",), "NEFTune regularises instruction tuning, and in the "

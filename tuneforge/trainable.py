@@ -21,6 +21,7 @@ import torch
 
 from tuneforge.config import TrainConfig
 from tuneforge.errors import UserError
+from tuneforge.fused_lora import fuse_lora_linears
 from tuneforge.losses import OutputHead
 from tuneforge.models import (
     bf16_is_fast,
@@ -78,6 +79,8 @@ def build_model(config: TrainConfig, device: str | None = None):
         for parameter in model.parameters():
             if parameter.requires_grad and parameter.dtype != torch.float32:
                 parameter.data = parameter.data.float()
+        if config.fused_lora:
+            fuse_lora_linears(model)
     check_output_head(model, device, dtype)
     if config.neftune_noise_alpha is not None:
         add_neftune_noise(core(model).get_input_embeddings(), config.neftune_noise_alpha)

@@ -96,7 +96,10 @@ def test_mixed_adapter_batch_gives_each_row_its_own_peft_logits(served):
             expected = reference(input_ids=torch.tensor([prompts[row]])).logits[0]
             without = plain(input_ids=torch.tensor([prompts[row]])).logits[0]
         got = logits[row, width - len(prompts[row]):]
-        assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5), (row, (got - expected).abs().max())
+        # Relative to the row's logit scale: the concatenated adapters' x @ A_cat^T runs another matmul kernel than
+        # PEFT's x @ A^T at small ranks, a few ulps apart (both ~1e-5 from a float64 reference).
+        gap = (got - expected).abs().max()
+        assert gap <= 1e-5 * expected.abs().max(), (row, gap)
         # The adapter really moves the logits, so the comparison means something.
         assert folder is None or (expected - without).abs().max() > 0.05
 
