@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from tuneforge import __version__
+from tuneforge.service.deps import ConnectionGate
 from tuneforge.service.errors import install_error_handlers
 from tuneforge.service.guard import BodyTooLarge, Guard
 from tuneforge.service.inference_client import InferenceClient
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.connection_gate = ConnectionGate(settings)  # deps.py: why a request waits for a permit
     app.state.inference = InferenceClient(settings)
     install_error_handlers(app)
     app.state.limits = Limits(settings)
