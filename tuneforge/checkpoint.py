@@ -5,7 +5,9 @@ safetensors, the tokenizer with its chat template, `train_config.json`, `metrics
 
 Checkpoints (`checkpoints/step-N/`): trainable weights, optimizer state, RNG states (torch, python,
 numpy), the position in the data (epoch, step in epoch; the order is a pure function of seed and epoch)
-and the run's config, all in safetensors + JSON (nothing is ever unpickled). The learning-rate schedule is
+and the run's config, all in safetensors + JSON (nothing is ever unpickled). A LoRA run's checkpoint also
+holds a usable `adapter/` with the tokenizer and the chat template the run trained with, as the final
+output does, so a checkpoint is served and evaluated in the run's own template. The learning-rate schedule is
 a pure function of the step, so the step is its whole state. Each is written into a staging folder,
 fsynced, its `manifest.json` written last, then renamed into place: a folder without a manifest is
 incomplete and ignored by resume.
@@ -148,6 +150,7 @@ def save_checkpoint(
     keep: int,
     config: dict | None = None,
     writer: bool = True,
+    tokenizer=None,
 ) -> Path:
     """Atomically write checkpoints/step-N and keep only the newest `keep` complete ones.
 
@@ -176,6 +179,8 @@ def save_checkpoint(
     if is_peft_model(model):
         # A usable adapter at every checkpoint (the service lists these as fine-tuned model checkpoints).
         model.save_pretrained(staging / "adapter", safe_serialization=True, **adapter_conversion(model))
+        if tokenizer is not None:  # its chat template may be the run's choice, not the base's (chat_template=)
+            tokenizer.save_pretrained(staging / "adapter")
     _fsync_tree(staging)
     write_json_atomic(staging / MANIFEST, {"step": step, "complete": True, "progress": progress})
     shutil.rmtree(final, ignore_errors=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneforge.chat_templates import BUILTIN_TEMPLATES
 from tuneforge.errors import UserError
 
 METHODS = ("sft", "dpo", "reward", "grpo")
@@ -126,8 +127,9 @@ class TrainConfig:
     eval_data: str | None = setting(None, "after training, exact match on this test file (in summary.json)",
                                     NOT_REWARD, "a reward model does not answer prompts, its measure is pairwise "
                                     "accuracy on validation_data")
-    chat_template: str | None = setting(None, "how conversations are rendered: a built-in (gemma, llama3, chatml, plain) "
-                                        "or a Jinja file; none: the model's own, else a built-in it can write")
+    chat_template: str | None = setting(None, f"how conversations are rendered: a built-in ({', '.join(BUILTIN_TEMPLATES)}; "
+                                        "chatml-tools renders tools and tool calls, for tool-call rows) or a Jinja "
+                                        "file; none: the model's own, else a built-in it can write")
     init_adapter: str | None = setting(None, "start from this LoRA adapter, e.g. an SFT run (dpo and grpo: also the "
                                        "reference policy)")
     # Preference tuning (dpo).

@@ -341,6 +341,17 @@ def adapter_base_spec(adapter_dir: Path) -> str:
     return next((alias for alias, embedded in EMBEDDED_MODELS.items() if embedded.hub_id == base), base)
 
 
+def adapter_tokenizer_dir(adapter_dir: Path | str) -> Path | None:
+    """The folder whose tokenizer (and chat template) an adapter is used with: its own; for a checkpoint's
+    `RUN/checkpoints/step-N/adapter/` written before checkpoints carried one, the run folder's (the template the
+    run trained with, once the run has saved it); else None: the base model's."""
+    adapter_dir = Path(adapter_dir)
+    candidates = [adapter_dir]
+    if adapter_dir.name == "adapter" and adapter_dir.parent.parent.name == "checkpoints":
+        candidates.append(adapter_dir.parent.parent.parent)
+    return next((folder for folder in candidates if (folder / "tokenizer_config.json").is_file()), None)
+
+
 def load_model(model: str | None = None, adapter: str | None = None, *, dtype=None, device: str | None = None):
     """Load a model for inference: (model, tokenizer), in eval mode, in the fastest safe dtype.
 
@@ -365,7 +376,7 @@ def load_model(model: str | None = None, adapter: str | None = None, *, dtype=No
         resolved = resolve_model(model or adapter_base_spec(adapter_dir))
         base = load_base_for_adapter(resolved, adapter_dir, dtype, device)
         peft_model = load_adapter(base, adapter_dir)
-        tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else resolved.path
+        tokenizer_dir = adapter_tokenizer_dir(adapter_dir) or resolved.path
         # Merging once makes every later forward as cheap as the base model's.
         return peft_model.merge_and_unload().eval(), load_tokenizer(tokenizer_dir)
     resolved = resolve_model(model)

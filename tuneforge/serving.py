@@ -501,11 +501,11 @@ class Engine:
         raise RequestError(f"{spec.adapter}: neither a LoRA adapter (adapter_config.json) nor a model (config.json)")
 
     def _read_adapter(self, base: _Base, folder: str):
-        from tuneforge.models import load_tokenizer
+        from tuneforge.models import adapter_tokenizer_dir, load_tokenizer
 
         adapter = read_lora_adapter(folder, base.targets, base.device, base.dtype)
-        own_tokenizer = (Path(folder) / "tokenizer_config.json").is_file()
-        return adapter, (load_tokenizer(folder) if own_tokenizer and adapter is not None else None)
+        tokenizer_dir = adapter_tokenizer_dir(folder)  # the run's chat template, not the base's
+        return adapter, (load_tokenizer(tokenizer_dir) if tokenizer_dir is not None and adapter is not None else None)
 
     def _park(self, request: _Request, key: tuple, load: Callable) -> None:
         self._parked.setdefault(key, []).append(request)

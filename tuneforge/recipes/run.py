@@ -335,7 +335,7 @@ def checkpoint_if_due(run: Run, step: Step) -> Path | None:
         return None
     progress.train_seconds = run.seconds_before + run.throughput.seconds
     path = save_checkpoint(run.output, progress.step, run.model, run.optimizer, progress.to_record(config.method),
-                           config.keep_checkpoints, config.to_dict(), writer=run.world.is_main)
+                           config.keep_checkpoints, config.to_dict(), writer=run.world.is_main, tokenizer=run.tokenizer)
     run.metrics.write({"type": "checkpoint", "step": progress.step, "path": str(path),
                        "train_loss": run.history[-1].get("loss") if run.history else None,
                        "valid_loss": last_valid_loss(run)})

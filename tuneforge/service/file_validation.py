@@ -1,10 +1,12 @@
-"""`tuneforge validate FILE --json --estimate --method M --model M --min-examples N`, run by the worker on a job's files.
+"""`tuneforge validate FILE --json --estimate --method M --model M [--chat-template T] --min-examples N`, run by
+the worker on a job's files.
 
 The validator runs as a child process, like the trainer (it may load the model's tokenizer, and the worker
-never imports transformers). Its JSON report gives either the number of training examples, which sizes the
-"auto" hyperparameters, or the job's error in OpenAI's shape, naming the first bad line. For the training
-file it also times two training steps on the job's model (`--estimate`), which gives the job's
-estimated_finish before the first step runs.
+never imports transformers). It renders the rows with the template the trainer will use (the job's
+`tuneforge.chat_template`, else the model's own). Its JSON report gives either the number of training
+examples, which sizes the "auto" hyperparameters, or the job's error in OpenAI's shape, naming the first bad
+line. For the training file it also times two training steps on the job's model (`--estimate`), which gives
+the job's estimated_finish before the first step runs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import subprocess
 from pathlib import Path
 
+from tuneforge.data.findings import CODES
 from tuneforge.data.validate import MIN_EXAMPLES
 from tuneforge.service.file_storage import file_path
 from tuneforge.service.model_ids import runs_on
@@ -34,7 +37,7 @@ def check_job_files(settings: Settings, job: Job) -> tuple[int | None, dict | No
         if not path.exists():
             return None, {"code": "invalid_file", "param": param, "message": f"The {param} {file_id} no longer exists."}
         report, problem = run_validator(settings.validate_command, path, method=trainer_method(job.method),
-                                        param=param, model=runs_on(job))
+                                        param=param, model=runs_on(job), chat_template=chat_template_of(job))
         if problem:
             return None, {"code": "validation_unavailable", "param": param, "message": problem}
         if not report.get("ok", False):
@@ -59,20 +62,31 @@ def measure_estimate(settings: Settings, job: Job, hyperparameters: dict) -> dic
         extra += ["--max-length", str(max_length)]
     report, problem = run_validator(settings.validate_command, file_path(settings, job.training_file),
                                     method=trainer_method(job.method), param="training_file", estimate=True,
-                                    model=runs_on(job), extra=extra)
+                                    model=runs_on(job), chat_template=chat_template_of(job), extra=extra)
     estimate = report.get("estimate") or {}
     return estimate if problem is None and isinstance(estimate.get("train_seconds"), int | float) else None
 
 
+def chat_template_of(job: Job) -> str | None:
+    """The built-in template the job asked for (job_options.check_options let only those through), or None:
+    the model's own."""
+    value = (job.options or {}).get("chat_template")
+    return value if isinstance(value, str) else None
+
+
 def run_validator(validate_command: list[str], path: Path, *, method: str, param: str, estimate: bool = False,
-                  model: str | None = None, extra: list[str] | None = None) -> tuple[dict, str | None]:
+                  model: str | None = None, chat_template: str | None = None,
+                  extra: list[str] | None = None) -> tuple[dict, str | None]:
     """(report, None), or ({}, why the validator could not give one). The training file needs the trainer's
     minimum number of examples; a validation file needs one. `estimate` also times two training steps on
-    `model` (the report's "estimate"; a failed estimate is reported in it, not as a failure)."""
+    `model` (the report's "estimate"; a failed estimate is reported in it, not as a failure). `chat_template`
+    renders the rows as the trainer's chat_template= will."""
     min_examples = MIN_EXAMPLES if param == "training_file" else 1
     command = [*validate_command, str(path), "--json", "--estimate" if estimate else "--no-estimate", "--method", method]
     if model:
         command += ["--model", model]
+    if chat_template:
+        command += ["--chat-template", chat_template]
     command += ["--min-examples", str(min_examples), *(extra or [])]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=VALIDATE_TIMEOUT_SECONDS)
@@ -98,10 +112,28 @@ def validation_error(report: dict, param: str) -> dict:
         "code": "invalid_training_file" if param == "training_file" else "invalid_validation_file",
         # `where` says "line 7" in JSONL, "row 3 (line 18)" in CSV/JSON arrays, "the file" for file-level problems.
         "message": f"Invalid file format in {param}: {first.get('where') or 'line ' + str(first.get('line'))}: "
-        f"{first.get('message')} "
+        f"{_in_api_terms(first)} "
         f"[{first.get('code')}]{more}",
         "param": param,
     }
+
+
+def _in_api_terms(finding: dict) -> str:
+    """The finding's message, with the fix said as an API user makes it where the validator says it in the
+    command line's terms (chat_template=..., --chat-template, a Jinja file, which a job cannot name)."""
+    message = str(finding.get("message"))
+    if finding.get("code") != "template_ignores_tools":
+        return message
+    problem = CODES["template_ignores_tools"][1]
+    # The validator offers chatml-tools only when the model's vocabulary can write its turn markers
+    # (data/tokenize.py, tool_template_message); otherwise no built-in a job may name renders tools.
+    if "chat_template=chatml-tools" in message:
+        fix = ('create the job with extra_body={"tuneforge": {"chat_template": "chatml-tools"}}, a built-in '
+               "template that renders them")
+    else:
+        fix = ("no built-in template a job can name fits this model's vocabulary (chatml-tools needs <|im_start|> and "
+               "<|im_end|>): fine-tune a model whose own chat template renders tools")
+    return f"{problem}; {fix}"
 
 
 def _parse_json_report(stdout: str) -> dict | None:

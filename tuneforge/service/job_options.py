@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 
+from tuneforge.chat_templates import BUILTIN_TEMPLATES
 from tuneforge.config import FIELDS, TrainConfig, build_config
 from tuneforge.errors import UserError
 from tuneforge.service.api_error import APIError
@@ -51,7 +52,6 @@ JOB_SET_KEYS = {
 }
 # Would run code or read files on the server: a module:function reward, a model folder, a prompts file.
 SERVER_SIDE_KEYS = ("reward", "reward_model", "forgetting_guard_prompts")
-BUILTIN_TEMPLATES = ("gemma", "llama3", "chatml", "plain")
 BUILTIN_REPLAY = ("builtin:pydoc", "builtin:self")
 TRAINER_METHODS = {"supervised": "sft", "dpo": "dpo", "reinforcement": "grpo"}
 
@@ -79,7 +79,7 @@ def check_options(raw: dict | None, method: str) -> dict:
             raise _refuse(key, f"tuneforge.{key} cannot be set here{hint}")
         elif key in SERVER_SIDE_KEYS:
             raise _refuse(key, f"tuneforge.{key} names code or files on the server, which jobs may not do")
-        elif key == "chat_template" and value not in BUILTIN_TEMPLATES:
+        elif key == "chat_template" and (not isinstance(value, str) or value not in BUILTIN_TEMPLATES):
             raise _refuse(key, f"tuneforge.chat_template must be one of {', '.join(BUILTIN_TEMPLATES)} (files on the "
                           "server cannot be named)")
         elif key == "replay" and value is not None and value not in BUILTIN_REPLAY:

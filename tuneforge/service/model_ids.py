@@ -2,8 +2,11 @@
 model (`ft:{base}:{org}:{suffix}:{id}`) or one of its checkpoints (`ft:...:ckpt-step-N`).
 
 A fine-tuned model is its job's run folder (a LoRA adapter, or a whole model for a full fine-tune); a
-checkpoint is `checkpoints/step-N/adapter/` in that folder. The trainer keeps only its newest checkpoints,
-so a checkpoint row whose folder was pruned is no longer a model: listings and lookups check the disk.
+checkpoint is `checkpoints/step-N/adapter/` in that folder. Each holds the tokenizer with the chat template
+the run trained with (a job's `tuneforge.chat_template`), which is what the inference process renders with;
+a checkpoint written before checkpoints carried one is served with the run folder's
+(tuneforge.models.adapter_tokenizer_dir). The trainer keeps only its newest checkpoints, so a checkpoint row
+whose folder was pruned is no longer a model: listings and lookups check the disk.
 """
 
 from __future__ import annotations
