@@ -42,7 +42,7 @@ llama-cpp: install
 	bash scripts/install_llama_cpp.sh $(PY)
 
 test: install system-test-deps llama-cpp
-	TUNEFORGE_OPENAI2_DIR="$(OPENAI2_DIR)" $(PY) -m pytest -q
+	TUNEFORGE_OPENAI2_DIR="$(OPENAI2_DIR)" $(PY) -m pytest -q --durations=40
 
 test-fast: install
 	$(PY) -m pytest -q tests/unit

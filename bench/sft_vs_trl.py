@@ -7,9 +7,21 @@ completion (answer + end-of-turn) only, like tuneforge.
 
 Each variant runs in its own process so peak RSS is its own. Printed per variant: tokens/s (all
 non-padding tokens of the examples, per second of training loop), peak RSS, final training loss (mean
-of the last 10% of steps), MFU, and the speed ratio to TRL's default. MFU counts, per token,
-4·N_frozen + 6·N_trainable + attention (6·layers·seq·hidden for causal fwd+bwd) FLOPs against the
-matmul peak measured in this same run for the dtype the variant computes in.
+of the last 10% of steps), MFU, and the speed ratio to TRL's default.
+
+Variants: `tuneforge` is the like-for-like one (forgetting guard off, since TRL has none; LoRA through the
+fused Linear, the default); `tuneforge-guard` is `tuneforge train`'s defaults (the guard's extra passes on
+general prompts are work TRL does not do, so its tokens/s counts only the task's tokens);
+`tuneforge-unfused` runs PEFT's own LoRA forward (`fused_lora=false`); `tuneforge-compile` adds
+`compile=true`; `tuneforge-full` is full fine-tuning.
+
+MFU is by the FLOPs each tool actually executes, against the matmul peak measured in this same run for
+the dtype the variant computes in. Per non-padding token: the decoder's Linears forward and the input
+gradient backward (4 x their weights; 6 x when they train), 6 x the LoRA weights, attention (6 x layers x
+mean length x width for causal forward and backward); plus the output head (4 x vocabulary x width, 6 x
+when it trains) at every position for TRL, which computes logits everywhere, but only at the trained
+(completion) positions for tuneforge, whose fused loss never computes the others. Padding, dtype copies
+and elementwise work count as no FLOPs: they are the overhead MFU exposes.
 
 TRL is a dev-only dependency: pip install trl==1.16.0 datasets.
 
@@ -35,7 +47,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "support_tickets" / "train.jsonl"
-VARIANTS = ("tuneforge", "tuneforge-full", "tuneforge-compile", "trl", "trl-packing", "trl-bf16")
+VARIANTS = ("tuneforge", "tuneforge-guard", "tuneforge-unfused", "tuneforge-full", "tuneforge-compile", "trl",
+            "trl-packing", "trl-bf16")
 
 
 def measure_matmul_peak(dtype_name: str, size: int = 2048, repeats: int = 5, device: str = "cpu") -> float:
@@ -62,7 +75,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_tuneforge(args, full: bool, compile: bool = False) -> dict:
+def run_tuneforge(args, full: bool, **settings) -> dict:
     from tuneforge.config import build_config
     from tuneforge.recipes.sft import train
 
@@ -72,13 +85,12 @@ def run_tuneforge(args, full: bool, compile: bool = False) -> dict:
         summary = train(build_config({
             "data": str(data), "output": str(Path(tmp) / "out"), "epochs": args.epochs, "batch_size": args.batch_size,
             "learning_rate": args.lr_full if full else args.lr, "lora_r": 16, "lora_alpha": 32, "full": full,
-            "model": args.model, "compile": compile,
-            "warmup_ratio": 0.05, "lr_schedule": "cosine", "seed": 42,
+            "model": args.model, "warmup_ratio": 0.05, "lr_schedule": "cosine", "seed": 42, **settings,
         }))
     return {
         "tokens": summary["trained_tokens"], "seconds": summary["train_seconds"], "final_loss": summary["final_train_loss"],
         "n_params": summary["n_parameters"], "n_trainable": summary["n_trainable_parameters"], "dtype": summary["dtype"],
-        "steps": summary["steps"],
+        "steps": summary["steps"], "head_tokens": summary["loss_tokens"], "head_trains": full,
     }
 
 
@@ -113,18 +125,24 @@ def run_trl(args, packing: bool, bf16: bool) -> dict:
     tail = losses[-max(1, len(losses) // 10):]
     n_params = sum(p.numel() for p in trainer.model.parameters())
     n_trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    return {"tokens": int(sum(lengths) * args.epochs), "seconds": seconds, "final_loss": sum(tail) / len(tail),
+    tokens = int(sum(lengths) * args.epochs)
+    return {"tokens": tokens, "seconds": seconds, "final_loss": sum(tail) / len(tail),
             "n_params": n_params, "n_trainable": n_trainable, "dtype": "bfloat16" if bf16 else "float32",
-            "steps": trainer.state.global_step}
+            "steps": trainer.state.global_step, "head_tokens": tokens, "head_trains": False}
 
 
 def run_one(args) -> dict:
+    like_for_like = {"forgetting_guard": "off"}  # TRL has no forgetting guard
     if args.run_one == "tuneforge":
+        result = run_tuneforge(args, full=False, **like_for_like)
+    elif args.run_one == "tuneforge-guard":
         result = run_tuneforge(args, full=False)
+    elif args.run_one == "tuneforge-unfused":
+        result = run_tuneforge(args, full=False, fused_lora=False, **like_for_like)
     elif args.run_one == "tuneforge-full":
-        result = run_tuneforge(args, full=True)
+        result = run_tuneforge(args, full=True, **like_for_like)
     elif args.run_one == "tuneforge-compile":
-        result = run_tuneforge(args, full=False, compile=True)
+        result = run_tuneforge(args, full=False, compile=True, **like_for_like)
     else:
         result = run_trl(args, packing=args.run_one == "trl-packing", bf16=args.run_one == "trl-bf16")
     result["peak_rss_mb"] = peak_rss_mb()
@@ -149,10 +167,28 @@ def random_weights_copy(model: str, folder: Path) -> str:
     return str(folder)
 
 
-def mfu(result: dict, peak_flops: float, layers: int = 30, hidden: int = 576, mean_seq: float = 80.0) -> float:
-    frozen = result["n_params"] - result["n_trainable"]
-    per_token = 4 * frozen + 6 * result["n_trainable"] + 6 * layers * mean_seq * hidden
-    return per_token * result["tokens"] / result["seconds"] / peak_flops
+def model_shape(model: str) -> dict:
+    """Weights of the decoder's Linears, the head's vocabulary x width, layers and width, from the config alone."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    head = skeleton.get_output_embeddings()
+    linears = sum(m.weight.numel() for m in skeleton.modules() if isinstance(m, torch.nn.Linear) and m is not head)
+    text = config.get_text_config()
+    return {"linear": linears, "head": head.weight.numel(), "layers": text.num_hidden_layers, "hidden": text.hidden_size}
+
+
+def executed_flops(result: dict, shape: dict, mean_seq: float) -> float:
+    """The matmul FLOPs the variant executes (see the module docstring): Linears, LoRA, attention, and the head
+    at the positions where it is computed."""
+    full = result["head_trains"]
+    body = (6 if full else 4) * shape["linear"] + (0 if full else 6 * result["n_trainable"])
+    attention = 6 * shape["layers"] * mean_seq * shape["hidden"]
+    head = (6 if full else 4) * shape["head"] * result["head_tokens"]
+    return (body + attention) * result["tokens"] + head
 
 
 def main() -> int:
@@ -178,7 +214,7 @@ def main() -> int:
         print("RESULT " + json.dumps(run_one(args)))
         return 0
 
-    from tuneforge.models import bf16_is_fast
+    from tuneforge.models import bf16_is_fast, resolve_model
 
     if args.device == "cuda":
         peaks = {"float32": measure_matmul_peak("float32", 8192, 10, "cuda"), "bfloat16": measure_matmul_peak("bfloat16", 8192, 10, "cuda")}
@@ -189,6 +225,7 @@ def main() -> int:
     shown_model = args.model
     if args.random_weights:
         args.model = random_weights_copy(args.model, Path(scratch.name) / "model")
+    shape = model_shape(str(resolve_model(args.model).path))
     results = {}
     for variant in args.variants.split(","):
         command = [sys.executable, __file__, "--run-one", variant, "--examples", str(args.examples), "--epochs", str(args.epochs),
@@ -201,7 +238,8 @@ def main() -> int:
             continue
         result = json.loads(line.removeprefix("RESULT "))
         result["tokens_per_second"] = result["tokens"] / result["seconds"]
-        result["mfu"] = mfu(result, peaks[result["dtype"]])
+        result["executed_tflops"] = executed_flops(result, shape, result["tokens"] / (args.examples * args.epochs)) / 1e12
+        result["mfu"] = result["executed_tflops"] / result["seconds"] / (peaks[result["dtype"]] / 1e12)
         results[variant] = result
         print(f"{variant}: {result['tokens_per_second']:.1f} tokens/s, peak RSS {result['peak_rss_mb']:.0f} MB, "
               f"peak GPU {result.get('peak_gpu_mb', 0):.0f} MB, "
@@ -211,13 +249,13 @@ def main() -> int:
     print(f"\ntorch {torch.__version__}, {where}; model {shown_model}{' (random weights)' if args.random_weights else ''}; matmul peak "
           f"fp32 {peaks['float32'] / 1e12:.3f} TFLOP/s, bf16 {peaks['bfloat16'] / 1e12:.4f} TFLOP/s; "
           f"{args.examples} examples x {args.epochs} epochs, batch {args.batch_size}\n")
-    print("| variant | tokens/s | vs TRL default | peak RSS (MB) | peak GPU (MB) | final loss | MFU | steps |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| variant | tokens/s | vs TRL default | peak RSS (MB) | peak GPU (MB) | final loss | executed TFLOP | MFU (executed) | steps |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for variant, r in results.items():
         ratio = f"{r['tokens_per_second'] / baseline:.2f}×" if baseline else "n/a"
         gpu = f"{r['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in r else "-"
         print(f"| {variant} | {r['tokens_per_second']:.1f} | {ratio} | {r['peak_rss_mb']:.0f} | {gpu} | {r['final_loss']:.4f} | "
-              f"{r['mfu']:.1%} | {r['steps']} |")
+              f"{r['executed_tflops']:.2f} | {r['mfu']:.1%} | {r['steps']} |")
     scratch.cleanup()
     if args.json:
         print(json.dumps({"peaks": peaks, "results": results}))

@@ -216,7 +216,9 @@ def test_auto_concatenates_a_decode_batch_and_loops_over_a_long_prefill(tiny_mod
         forced = AdapterRows("concatenated")
         forced.assign(per_row)
         module.rows = forced
-        assert torch.allclose(got, module(x), rtol=1e-5, atol=1e-6)
+        reference = module(x)
+        # The two orders sum the same fp32 products differently: equal to fp32 rounding of the output's scale.
+        assert torch.allclose(got, reference, rtol=1e-5, atol=1e-5 * float(reference.abs().max()))
 
 
 def test_bf16_terms_stay_in_bf16_and_match_fp32(tiny_model_dir, adapter_dirs):
