@@ -67,7 +67,7 @@ def test_fp32_outputs_and_gradients_equal_peft(bias):
 def test_bf16_base_under_autocast_matches_peft_to_bf16_precision():
     peft_model, fused = peft_pair(dtype=torch.bfloat16)
     for model in (peft_model, fused):  # as trainable.build_model: a bf16 base, fp32 adapter master weights
-        for name, parameter in model.named_parameters():
+        for parameter in model.parameters():
             if parameter.requires_grad:
                 parameter.data = parameter.data.float()
     x = torch.randn(4, 6, 24, dtype=torch.bfloat16)
