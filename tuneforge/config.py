@@ -34,6 +34,8 @@ LORA_INITS = ("default", "gaussian", "pissa", "olora", "loftq")  # PEFT's init_l
 # residual, not the base.
 RESIDUAL_INITS = ("pissa", "olora")
 PACKINGS = ("auto", "on", "off")  # tuneforge/data/batching.py pack_micro_batches; auto: recipes/sft.py
+# transformers' attention implementations a run may name; auto: trainable.choose_attention
+ATTENTIONS = ("auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 EXAMPLES = Path(__file__).parent / "configs"  # METHOD.yaml for each method, shipped in the package
 
 # The recipes that read a key (tuneforge/recipes/<method>.py with the shared run shell and trainable.py).
@@ -96,12 +98,13 @@ class TrainConfig:
     max_length: int = setting(2048, "tokens per example (dpo, reward: per prompt + answer); the end of a longer "
                               "one is cut", NOT_GRPO, "grpo keeps whole prompts and samples max_new_tokens")
     # Tokens per forward/backward pass (an optimizer step is split into passes of at most this many; the
-    # update is the same). None: 512 for LoRA on CPU, where the heap keeps what bigger passes free (bench,
-    # 200 examples: peak RSS 2.95 -> 2.30 GB, 20% slower; DPO / reward 5.1-5.7 -> 2.7 GB); 4096 on GPU and
-    # for full fine-tuning, whose memory is mostly weights and optimizer state (512 cost it 27% speed
-    # for 9% memory).
+    # update is the same). None, LoRA on CPU: 512 where the heap keeps what bigger passes free (bench, 200
+    # examples, PEFT's own forward: peak RSS 2.95 -> 2.30 GB, 20% slower; DPO / reward 5.1-5.7 -> 2.7 GB);
+    # SFT 1024 since its LoRA Linears are fused (fused_lora: 1024 vs 512, 419 vs 378 tokens/s for +30 MB,
+    # PERF_NOTES.md). 4096 on GPU and for full fine-tuning, whose memory is mostly weights and optimizer state
+    # (512 cost it 27% speed for 9% memory).
     micro_batch_tokens: int | None = setting(None, "tokens per forward/backward pass (same update, less memory); "
-                                             "none: 512 for LoRA on CPU, else 4096")
+                                             "none: on CPU with LoRA 1024 for sft, 512 otherwise; else 4096")
     dtype: str = setting("auto", "compute dtype: auto, float32 or bfloat16")
     gradient_checkpointing: bool = setting(False, "recompute activations during backward: less memory, slower")
     compile: bool = setting(False, "torch.compile each decoder block")
@@ -111,6 +114,9 @@ class TrainConfig:
                                                 "passes, at most alpha / sqrt(tokens x width) (the paper: 5); none: "
                                                 "off", ("sft",), "NEFTune regularises instruction tuning, and in the "
                                                 "other methods it would blur the scores they compare")
+    attention: str = setting("auto", "attention kernel: auto (CPU: eager for rows <= 1024 tokens, measured faster; else "
+                             "the model's default), eager, sdpa, flash_attention_2/3, flex_attention", ("sft",),
+                             "measured and chosen for SFT so far, the other recipes run the model's default (sdpa)")
     packing: str = setting("auto", "several examples per row, each attending only to itself (no padding): on, off "
                            "or auto (on where it measures faster: docs/benchmarks.md)", ("sft",))
     # Logging, evaluation, checkpoints.
@@ -127,9 +133,8 @@ class TrainConfig:
     eval_data: str | None = setting(None, "after training, exact match on this test file (in summary.json)",
                                     NOT_REWARD, "a reward model does not answer prompts, its measure is pairwise "
                                     "accuracy on validation_data")
-    chat_template: str | None = setting(None, f"how conversations are rendered: a built-in ({', '.join(BUILTIN_TEMPLATES)}; "
-                                        "chatml-tools renders tools and tool calls, for tool-call rows) or a Jinja "
-                                        "file; none: the model's own, else a built-in it can write")
+    chat_template: str | None = setting(None, f"how rows are rendered: a built-in ({', '.join(BUILTIN_TEMPLATES)}; "
+                                        "-tools for tool calls) or a Jinja file; none: the model's own or a built-in")
     init_adapter: str | None = setting(None, "start from this LoRA adapter, e.g. an SFT run (dpo and grpo: also the "
                                        "reference policy)")
     # Preference tuning (dpo).
@@ -189,7 +194,9 @@ class TrainConfig:
     def resolved_micro_batch_tokens(self, device: str) -> int:
         if self.micro_batch_tokens is not None:
             return self.micro_batch_tokens
-        return 512 if str(device).startswith("cpu") and not self.full else 4096
+        if str(device).startswith("cpu") and not self.full:
+            return 1024 if self.method == "sft" else 512
+        return 4096
 
     def resolved_learning_rate(self) -> float:
         if self.learning_rate is not None:
@@ -338,6 +345,8 @@ def _check_ranges(config: TrainConfig) -> list[Problem]:
 
     require(config.method in METHODS, "method", f"method: expected one of {', '.join(METHODS)}, got {config.method!r}")
     require(config.lr_schedule in SCHEDULES, "lr_schedule", f"lr_schedule: expected one of {', '.join(SCHEDULES)}")
+    require(config.attention in ATTENTIONS, "attention",
+            f"attention: expected one of {', '.join(ATTENTIONS)}, got {config.attention!r}")
     require(config.packing in PACKINGS, "packing", f"packing: expected one of {', '.join(PACKINGS)}, got {config.packing!r}")
     require(config.dtype in ("auto", "float32", "bfloat16"), "dtype", "dtype: expected auto, float32 or bfloat16")
     require(config.epochs > 0, "epochs", "epochs: must be > 0")

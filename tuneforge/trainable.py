@@ -159,6 +159,31 @@ def add_neftune_noise(embedding: torch.nn.Module, alpha: float) -> None:
     embedding.register_forward_hook(noisy)
 
 
+# On the CPU, eager attention (two matmuls and a softmax) trained SmolLM2 on the demo tickets faster than
+# SDPA, whose CPU flash kernel's backward was 18% of a step (1 thread: 226 vs 191 tokens/s; PERF_NOTES.md).
+# Eager keeps each layer's T x T attention weights for backward, so long rows stay on SDPA.
+EAGER_ATTENTION_MAX_TOKENS = 1024
+
+
+def choose_attention(config: TrainConfig, model, device: str, longest_row: int) -> tuple[str, str]:
+    """(attention implementation, why) for this run, set on the model. auto: eager on the CPU for rows of at
+    most EAGER_ATTENTION_MAX_TOKENS tokens, else whatever the model loaded with."""
+    inner = core(model)
+    loaded = str(getattr(inner.config, "_attn_implementation", None) or "eager")
+    if config.attention != "auto":
+        chosen, why = config.attention, f"attention={config.attention}"
+    elif torch.device(device).type == "cpu" and longest_row <= EAGER_ATTENTION_MAX_TOKENS:
+        chosen, why = "eager", f"auto: CPU, rows of at most {longest_row} tokens (<= {EAGER_ATTENTION_MAX_TOKENS})"
+    else:
+        chosen, why = loaded, f"auto: the model's default ({'rows of up to ' + str(longest_row) + ' tokens' if torch.device(device).type == 'cpu' else device})"
+    if chosen != loaded:
+        try:
+            inner.set_attn_implementation(chosen)
+        except (ImportError, ValueError) as error:
+            raise UserError(f"attention={chosen}: {error}", code="attention_unavailable") from error
+    return chosen, why
+
+
 def core(model):
     """The transformers CausalLM inside a PEFT wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model

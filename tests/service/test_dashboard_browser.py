@@ -44,8 +44,8 @@ def text_of(browser, element_id: str) -> str:
 
     try:
         return by_id(browser, element_id).text
-    except StaleElementReferenceException:  # the job page redraws itself while the job runs
-        return by_id(browser, element_id).text
+    except StaleElementReferenceException:  # the page redrew the element between finding and reading it
+        return ""  # nothing read yet: wait_text's wait_for asks again
 
 
 def wait_text(browser, element_id: str, needle: str, timeout: float = 20) -> str:

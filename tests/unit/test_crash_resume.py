@@ -1,5 +1,6 @@
 """Nothing lost, for every method: `tuneforge train` (sft, dpo, reward, grpo) killed with SIGKILL at a random
-step, killed halfway through writing a checkpoint, or stopped with SIGTERM, then run again with
+step, killed halfway through writing a checkpoint, or stopped with SIGTERM (these two on SFT and GRPO: the
+shared run shell's code), then run again with
 `--resume auto`, ends with trained weights bit-for-bit those of a run that was never interrupted (the
 reward model's value head included; GRPO also restores its sampling generator), and a metrics.jsonl that
 reads as one run.
@@ -162,6 +163,13 @@ def test_kill_9_at_a_random_step_then_resume_auto_is_bit_exact(tmp_path, tiny_mo
     resume_and_check(tiny_model_dir, data, method, output, uninterrupted, resume_point)
 
 
+# The checkpoint writer and the SIGTERM handler are the shared run shell's (recipes/run.py), the same code for
+# every method: SFT and GRPO (which also carries sampling state) stand for all four; SIGKILL at a random step,
+# where each method's own state must come back, runs for every method.
+SHELL_METHODS = ["sft", "grpo"]
+
+
+@pytest.mark.parametrize("method", SHELL_METHODS, indirect=True)
 def test_kill_during_checkpoint_write_resumes_from_the_previous_complete_one(
     tmp_path, tiny_model_dir, data, method, uninterrupted
 ):
@@ -177,6 +185,7 @@ def test_kill_during_checkpoint_write_resumes_from_the_previous_complete_one(
     assert not list((output / "checkpoints").glob(".staging-*"))  # the torn folder was cleaned up
 
 
+@pytest.mark.parametrize("method", SHELL_METHODS, indirect=True)
 def test_sigterm_finishes_the_step_checkpoints_and_exits_stopped(tmp_path, tiny_model_dir, data, method, uninterrupted):
     output = tmp_path / "stopped"
     process = start_and_signal(train_command(tiny_model_dir, data, output, method), output, 5, signal.SIGTERM)

@@ -111,18 +111,19 @@ def test_a_packed_step_has_the_gradient_of_the_padded_step(tmp_path, architectur
         torch.testing.assert_close(packed[name], padded[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_packing_on_and_off_train_the_same_weights_and_say_which(tmp_path, tiny_model_dir, qa_rows):
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packing_on_and_off_train_the_same_weights_and_say_which(tmp_path, tiny_model_dir, qa_rows, attention):
     rows = qa_rows[:16]
     for i, row in enumerate(rows):  # different lengths, so rows pack differently from padded batches
         row["messages"][0]["content"] = " ".join(["please"] * (i % 5)) + " " + row["messages"][0]["content"]
     data = write_jsonl(tmp_path / "train.jsonl", rows)
     common = {"data": str(data), "model": str(tiny_model_dir), "max_steps": 3, "batch_size": 8, "dtype": "float32",
-              "learning_rate": 1e-2, "micro_batch_tokens": 64, "forgetting_guard": "off"}
+              "learning_rate": 1e-2, "micro_batch_tokens": 64, "forgetting_guard": "off", "attention": attention}
     summaries = {}
     for packing in ("on", "off"):
         summaries[packing] = train(build_config({**common, "output": str(tmp_path / packing), "packing": packing}))
     assert summaries["on"]["packing"]["packed"] is True and summaries["off"]["packing"]["packed"] is False
     assert json.loads((tmp_path / "on" / "summary.json").read_text())["packing"]["why"] == "packing=on"
     on, off = (load_file(str(tmp_path / p / "adapter_model.safetensors")) for p in ("on", "off"))
-    for key in on:
-        torch.testing.assert_close(on[key], off[key], rtol=1e-4, atol=1e-6, msg=key)
+    for key in on:  # fp32 sums in another order (eager's packed mask: ~2e-5 of the largest weight), not a bug's size
+        torch.testing.assert_close(on[key], off[key], rtol=1e-4, atol=1e-4 * float(off[key].abs().max()), msg=key)

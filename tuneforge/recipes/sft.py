@@ -47,7 +47,7 @@ from tuneforge.forgetting_guard import Guard, build_guard, guard_loss_sum
 from tuneforge.losses import linear_cross_entropy_sum, shifted_trained_positions
 from tuneforge.recipes import run
 from tuneforge.schedule import step_plan
-from tuneforge.trainable import autocast_for, build_model, core, final_hidden_states, output_head
+from tuneforge.trainable import autocast_for, build_model, choose_attention, core, final_hidden_states, output_head
 
 # packing=auto packs where the padded micro-batches would be at least this much padding: below it, the
 # block-diagonal mask's wasted attention (SDPA computes the whole row) costs about what the padding would.
@@ -178,9 +178,12 @@ def train(config: TrainConfig) -> dict:
     micro_tokens = config.resolved_micro_batch_tokens(device)
     _, total_steps, _ = step_plan(len(train_examples), examples_per_step, config.epochs, config.max_steps,
                                   config.warmup_ratio)
+    packed, packing_why = choose_packing(config, model, lengths, examples_per_step, micro_tokens)
+    # A packed row is up to a micro-batch's token budget long (or one longer example alone).
+    longest_row = max([*lengths, *(len(e.input_ids) for e in valid_examples), micro_tokens if packed else 0])
+    attention, attention_why = choose_attention(config, model, device, longest_row)
     guard = build_guard(config, model, tokenizer, dtype, total_steps)  # before any weight moves: it needs the base
     loss_model = distributed.wrap(TrainedTokenLoss(model, guard), model, world, config.full)
-    packed, packing_why = choose_packing(config, model, lengths, examples_per_step, micro_tokens)
     if packed:  # one row per micro-batch, under the same token budget
         def split(share):
             return pack_micro_batches(share, lengths, micro_tokens)
@@ -188,7 +191,8 @@ def train(config: TrainConfig) -> dict:
         def split(share):
             return split_micro_batches(share, lengths, micro_tokens, config.batch_size)
 
-    describe = f"sft {'full' if config.full else f'LoRA r={config.lora_r}'}, {'packed' if packed else 'padded'} ({packing_why})"
+    describe = f"sft {'full' if config.full else f'LoRA r={config.lora_r}'}, {'packed' if packed else 'padded'} " \
+               f"({packing_why}), {attention} attention"
     if guard:
         describe += f" + forgetting guard ({guard.method}, {guard.per_step:g}/step)"
     best_valid, evals_since_best, best_step, best_weights = math.inf, 0, None, None  # early stopping
@@ -249,6 +253,7 @@ def train(config: TrainConfig) -> dict:
             "n_validation_examples": len(valid_examples),
             "n_replay_examples": len(replay),
             "packing": {"packed": packed, "why": packing_why},
+            "attention": {"implementation": attention, "why": attention_why},
             "forgetting_guard": guard.summary() if guard else {"method": "off"},
             "best_valid_loss": round(best_valid, 6) if best_step is not None else None,
             "best_step": best_step,
