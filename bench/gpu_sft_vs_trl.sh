@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU variant of bench/sft_vs_trl.py: tuneforge vs TRL + PEFT on one GPU in under 8 minutes.
+# The GPU variant of bench/sft_vs_trl.py: tuneforge vs TRL + PEFT on one GPU in under 8 minutes: the embedded
+# model's architecture (SmolLM2-135M), then an 8B-class Llama with LoRA bf16, QLoRA and packing on/off.
 #
 #   bash bench/gpu_sft_vs_trl.sh prepare   # here, with PyPI: wheels the GPU image lacks -> .whl/,
 #                                          # the embedded model's config + tokenizer -> .gpu-model/
@@ -38,6 +39,14 @@ run)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     python3 bench/sft_vs_trl.py --device cuda --model .gpu-model --random-weights --examples 400 --epochs 1 \
         --variants tuneforge,trl,trl-bf16,trl-packing,tuneforge-full --json
+    # An 8B-class Llama (Llama 3 8B's shape, SmolLM2's 49k vocabulary: ~7.2B parameters) drawn in bf16 on the
+    # GPU: LoRA bf16 and QLoRA (NF4) for both tools, packing on and off; TRL's base loaded in bf16 too. 64
+    # tickets = 8 steps per variant, most of each variant's time is loading the 15 GB base.
+    variants=tuneforge-padded,tuneforge-packed,trl-bf16,trl-bf16-no-gc,trl-packing
+    if python3 -c "import bitsandbytes" 2>/dev/null; then variants="$variants,tuneforge-qlora,trl-qlora"
+    else echo "bitsandbytes is not installed on this machine: no QLoRA variants" >&2; fi
+    [ "${SKIP_8B:-0}" = 1 ] || python3 bench/sft_vs_trl.py --device cuda --model .gpu-model --random-weights \
+        --shape llama-8b --trl-weights bfloat16 --examples 64 --epochs 1 --variants "$variants" --json
     ;;
 *)
     echo "usage: bash bench/gpu_sft_vs_trl.sh prepare|run" >&2
