@@ -42,7 +42,7 @@ def main() -> int:
     from tuneforge.evaluate.compare import compare
     from tuneforge.evaluate.consistency import consistency_line
     from tuneforge.evaluate.report import write_report
-    from tuneforge.evaluate.run_card import write_run_card
+    from tuneforge.evaluate.run_card import record_consistency, write_run_card
     from tuneforge.recipes.sft import train
 
     started = time.perf_counter()
@@ -63,6 +63,7 @@ def main() -> int:
     )
     paths = write_report(report, OUTPUT / "report")
     card = write_run_card(OUTPUT, report)
+    record_consistency(OUTPUT, report)
 
     variants = report["variants"]
     zero, few, tuned = variants["zero_shot"], variants.get("few_shot"), variants["fine_tuned"]

@@ -63,3 +63,19 @@ def test_no_run_card_outside_a_run(tmp_path):
     from tuneforge.evaluate.run_card import write_run_card
 
     assert write_run_card(tmp_path) is None and not list(tmp_path.iterdir())
+
+
+def test_compare_consistency_is_added_to_the_runs_summary(tmp_path):
+    from tuneforge.evaluate.run_card import record_consistency
+
+    summary = {"status": "completed", "steps": 12, "final_train_loss": 0.25}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    figures = {"fine_tuned": {"sample_agreement": 1.0, "paraphrase_agreement": 0.75}}
+
+    assert record_consistency(tmp_path, {"consistency": figures}) is True
+    assert json.loads((tmp_path / "summary.json").read_text()) == {**summary, "consistency": figures}
+    # A compare without consistency, or a folder with no summary.json, writes nothing.
+    assert record_consistency(tmp_path, {"consistency": None}) is False
+    assert json.loads((tmp_path / "summary.json").read_text())["consistency"] == figures
+    assert record_consistency(tmp_path / "elsewhere", {"consistency": figures}) is False
+    assert not (tmp_path / "elsewhere").exists()

@@ -115,7 +115,7 @@ def run_compare(args) -> int:
     from tuneforge.evaluate.compare import compare
     from tuneforge.evaluate.report import write_report
     from tuneforge.evaluate.run import load_eval_set
-    from tuneforge.evaluate.run_card import write_run_card
+    from tuneforge.evaluate.run_card import record_consistency, write_run_card
 
     if args.data:
         load_eval_set(args.data)  # bad data fails before any model loads
@@ -163,6 +163,7 @@ def run_compare(args) -> int:
     output = Path(args.output) if args.output else Path(args.adapter) / "report"
     paths = write_report(report, output)
     card = write_run_card(args.adapter, report)
+    record_consistency(args.adapter, report)
     print(report["verdict"])
     if report["passed"] is False:
         from tuneforge.evaluate.compare import FORGETTING_HINT

@@ -208,6 +208,23 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(staging, path)
 
 
+def record_consistency(run_dir: str | Path, report: dict) -> bool:
+    """Add a compare's consistency figures to the run's summary.json as `consistency` (the other keys kept),
+    where the run has a summary.json and the compare measured consistency; True when written."""
+    path = Path(run_dir) / "summary.json"
+    if not report.get("consistency") or not path.is_file():
+        return False
+    try:
+        summary = json.loads(path.read_text())
+    except ValueError:
+        return False  # not ours to repair: the report and the run card still carry the figures
+    if not isinstance(summary, dict):
+        return False
+    summary["consistency"] = report["consistency"]
+    _write_atomic(path, json.dumps(summary, indent=2) + "\n")
+    return True
+
+
 def write_run_card(run_dir: str | Path, report: dict | None = None) -> dict[str, Path] | None:
     """run_card.json and run_card.md in `run_dir`; None (nothing written) when it is not a training run."""
     run_dir = Path(run_dir)
