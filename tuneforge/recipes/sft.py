@@ -49,10 +49,10 @@ from tuneforge.recipes import run
 from tuneforge.schedule import step_plan
 from tuneforge.trainable import autocast_for, build_model, choose_attention, core, final_hidden_states, output_head
 
-# packing=auto packs where the padded micro-batches would be at least this much padding: below it, the
-# block-diagonal mask's wasted attention (SDPA computes the whole row) costs about what the padding would.
-# Provisional: bench/packing.py measures it, and has not yet run on an idle machine (docs/benchmarks.md).
-PACKING_MIN_PADDING_SHARE = 0.15
+# packing=auto packs where the padded micro-batches would be at least this much padding. Measured on the CPU
+# (bench/packing.py, docs/benchmarks.md): a packed token cost ~1.6x a padded one (the block-diagonal mask
+# computes attention over the whole row), so packing pays past ~37% padding.
+PACKING_MIN_PADDING_SHARE = 0.40
 
 
 def tokenize_all(tokenizer, conversations: list[Conversation], max_length: int, path: str) -> list[TokenizedExample]:
