@@ -42,7 +42,7 @@ run)
     # An 8B-class Llama (Llama 3 8B's shape, SmolLM2's 49k vocabulary: ~7.2B parameters) drawn in bf16 on the
     # GPU: LoRA bf16 and QLoRA (NF4) for both tools, packing on and off; TRL's base loaded in bf16 too. 64
     # tickets = 8 steps per variant, most of each variant's time is loading the 15 GB base.
-    variants=tuneforge-padded,tuneforge-packed,trl-bf16,trl-bf16-no-gc,trl-packing
+    variants=tuneforge-padded,tuneforge-packed,trl-bf16,trl-packing
     if python3 -c "import bitsandbytes" 2>/dev/null; then variants="$variants,tuneforge-qlora,trl-qlora"
     else echo "bitsandbytes is not installed on this machine: no QLoRA variants" >&2; fi
     [ "${SKIP_8B:-0}" = 1 ] || python3 bench/sft_vs_trl.py --device cuda --model .gpu-model --random-weights \
