@@ -170,12 +170,14 @@ def choose_attention(config: TrainConfig, model, device: str, longest_row: int) 
     most EAGER_ATTENTION_MAX_TOKENS tokens, else whatever the model loaded with."""
     inner = core(model)
     loaded = str(getattr(inner.config, "_attn_implementation", None) or "eager")
+    on_cpu = torch.device(device).type == "cpu"
     if config.attention != "auto":
         chosen, why = config.attention, f"attention={config.attention}"
-    elif torch.device(device).type == "cpu" and longest_row <= EAGER_ATTENTION_MAX_TOKENS:
+    elif on_cpu and longest_row <= EAGER_ATTENTION_MAX_TOKENS:
         chosen, why = "eager", f"auto: CPU, rows of at most {longest_row} tokens (<= {EAGER_ATTENTION_MAX_TOKENS})"
     else:
-        chosen, why = loaded, f"auto: the model's default ({'rows of up to ' + str(longest_row) + ' tokens' if torch.device(device).type == 'cpu' else device})"
+        where = f"rows of up to {longest_row} tokens" if on_cpu else device
+        chosen, why = loaded, f"auto: the model's default ({where})"
     if chosen != loaded:
         try:
             inner.set_attn_implementation(chosen)

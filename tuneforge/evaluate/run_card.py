@@ -212,13 +212,9 @@ def record_consistency(run_dir: str | Path, report: dict) -> bool:
     """Add a compare's consistency figures to the run's summary.json as `consistency` (the other keys kept),
     where the run has a summary.json and the compare measured consistency; True when written."""
     path = Path(run_dir) / "summary.json"
-    if not report.get("consistency") or not path.is_file():
-        return False
-    try:
-        summary = json.loads(path.read_text())
-    except ValueError:
-        return False  # not ours to repair: the report and the run card still carry the figures
-    if not isinstance(summary, dict):
+    # A missing or unreadable summary is not ours to repair: the report and the run card still carry the figures.
+    summary = _read_json(path) if report.get("consistency") else None
+    if summary is None:
         return False
     summary["consistency"] = report["consistency"]
     _write_atomic(path, json.dumps(summary, indent=2) + "\n")

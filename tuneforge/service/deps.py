@@ -17,9 +17,9 @@ larger thread pool only moves the limit, to as many requests as there are thread
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
@@ -30,25 +30,22 @@ from tuneforge.service.keys import authenticate
 from tuneforge.service.settings import Settings
 from tuneforge.service.store import Org
 
-T = TypeVar("T")
-# Connections the gate leaves to work that takes its connection inside one worker thread and gives it back
-# before leaving it, without a permit: guard.py's admission of every /v1 request and the chat route's lookups
-# (routes/chat.py). Those threads wait for a connection; with every connection held by gated requests that
-# in turn wait for a thread, they would deadlock as before. With one connection never held across a hop,
-# whoever waits for it waits only for work in progress.
-UNGATED_CONNECTIONS = 0
+# Not gated: work that takes its connection inside one worker thread and gives it back before leaving that
+# thread (guard.py's admission of every /v1 request, the chat route's lookups in routes/chat.py). It never
+# holds a connection while waiting for a thread, so whoever waits for its connection waits only for work in
+# progress.
 
 
 class ConnectionGate:
     """Permits to take a pooled connection (app.state.connection_gate): one per connection of the API
-    process's pool (settings database_pool_size + database_max_overflow) less UNGATED_CONNECTIONS, waited for
+    process's pool (settings database_pool_size + database_max_overflow), waited for
     at most database_pool_timeout_seconds, as the pool itself would wait. None to wait for when the pool has
     no limit (SQLAlchemy's pool_size 0 or max_overflow -1)."""
 
     def __init__(self, settings: Settings):
         unlimited = settings.database_pool_size <= 0 or settings.database_max_overflow < 0
         connections = settings.database_pool_size + settings.database_max_overflow
-        self.permits = None if unlimited else max(1, connections - UNGATED_CONNECTIONS)
+        self.permits = None if unlimited else max(1, connections)
         self.timeout = settings.database_pool_timeout_seconds
         self._semaphore = None if self.permits is None else asyncio.Semaphore(self.permits)
 
@@ -79,19 +76,6 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
             yield session
         finally:
             await run_in_threadpool(session.close)  # gives the connection back: I/O, kept off the event loop
-
-
-async def run_with_session(request: Request, function: Callable[..., T], *args) -> T:
-    """`function(session, *args)` in one worker thread, in a session of its own closed before it returns,
-    once the gate lets the request take a connection: the database part of an async route that then awaits
-    something slow, which must hold neither a connection nor a permit meanwhile."""
-
-    def in_session() -> T:
-        with request.app.state.sessionmaker() as session:
-            return function(session, *args)
-
-    async with request.app.state.connection_gate.held():
-        return await run_in_threadpool(in_session)
 
 
 async def get_settings(request: Request) -> Settings:
